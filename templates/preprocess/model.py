@@ -1,0 +1,52 @@
+"""Preprocess: encoded image bytes (IMAGE) or a raw RGB array (RAW_IMAGE) -> network input + meta.
+
+Settings come from config.pbtxt parameters: input size, resize mode (stretch|letterbox), limits.
+A bad image fails only its own request, with INVALID_ARG and the reason.
+"""
+import json
+
+import cv2
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from images import ImageError, preprocess_array, preprocess_bytes
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        self.width, self.height = int(params["input_width"]), int(params["input_height"])
+        self.mode = params["resize_mode"]
+        self.max_pixels, self.max_bytes = int(params["max_pixels"]), int(params["max_bytes"])
+        cv2.setNumThreads(1)  # one image per thread of the stub; leave the cores to the other instances
+
+    def _one(self, request):
+        encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE")
+        if encoded is not None:
+            items = encoded.as_numpy().reshape(-1)
+            run = lambda item, out: preprocess_bytes(bytes(item), self.width, self.height, self.mode,
+                                                     self.max_pixels, self.max_bytes, out)
+        else:
+            raw = pb_utils.get_input_tensor_by_name(request, "RAW_IMAGE")
+            if raw is None:
+                raise ImageError("request has neither IMAGE nor RAW_IMAGE")
+            items = raw.as_numpy()
+            run = lambda item, out: preprocess_array(item, self.width, self.height, self.mode, self.max_pixels, out)
+        batch = np.empty((len(items), self.height, self.width, 3), np.float32)
+        meta = np.empty((len(items), 6), np.float32)
+        for i, item in enumerate(items):
+            try:
+                _, meta[i] = run(item, batch[i])
+            except ImageError as e:
+                raise ImageError(f"image {i} of the request: {e}" if len(items) > 1 else str(e)) from None
+        return pb_utils.InferenceResponse([pb_utils.Tensor("images", batch), pb_utils.Tensor("image_meta", meta)])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except ImageError as e:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+        return responses

@@ -1,0 +1,78 @@
+"""The independent reference: OpenCV's darknet runtime (cv2.dnn.readNetFromDarknet), plus comparison helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def opencv_net(cfg: Path, weights: Path):
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    return net
+
+
+def opencv_raw_heads(net, blob: np.ndarray) -> list[np.ndarray]:
+    """Outputs of the convolution feeding each [yolo] layer, NHWC, in cfg order."""
+    names = net.getLayerNames()
+    yolo = [n for n in names if n.startswith("yolo_")]
+    head_convs = []
+    for y in yolo:
+        k = names.index(y)
+        head_convs.append(next(names[j] for j in range(k - 1, -1, -1) if names[j].startswith("conv_")))
+    net.setInput(blob)
+    return [o.transpose(0, 2, 3, 1) for o in net.forward(head_convs)]
+
+
+def opencv_detect(net, bgr: np.ndarray, size: tuple[int, int], score_threshold=0.25, iou_threshold=0.45):
+    """Final detections the way OpenCV's samples make them: stretch resize, yolo layers, class-aware NMS.
+
+    Returns (boxes x1,y1,x2,y2 in original pixels, scores, classes), sorted by score.
+    """
+    h, w = bgr.shape[:2]
+    net.setInput(cv2.dnn.blobFromImage(bgr, 1 / 255.0, size, swapRB=True, crop=False))
+    rows = np.concatenate([o.reshape(-1, o.shape[-1]) for o in net.forward(net.getUnconnectedOutLayersNames())])
+    scores = rows[:, 5:]
+    ri, ci = np.nonzero(scores > score_threshold)
+    cx, cy, bw, bh = (rows[ri, k] for k in range(4))
+    boxes = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=1)
+    sc = scores[ri, ci]
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, sc, ci, score_threshold, iou_threshold), np.int64).ravel()
+    keep = keep[np.argsort(-sc[keep], kind="stable")]
+    out = boxes[keep].copy()
+    out[:, 0::2] = out[:, 0::2].clip(0, w)
+    out[:, 1::2] = out[:, 1::2].clip(0, h)
+    return out, sc[keep], ci[keep]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def assert_same_detections(ours, ref, threshold=0.25, min_iou=0.9, score_tol=0.02, context=""):
+    """Same classes; each reference box matched one-to-one by an IoU >= min_iou box of its class; scores close.
+
+    A detection scoring within score_tol of the threshold may fall on either side of it in the other
+    implementation, so it may go unmatched; every other one must match.
+    """
+    (ob, os_, oc), (rb, rs, rc) = ours, ref
+    assert len(rb) > 0, f"{context}: the reference found nothing; the comparison would prove nothing"
+    used = set()
+    for b, s, c in zip(rb, rs, rc):
+        cands = [j for j in range(len(ob)) if j not in used and oc[j] == c]
+        best = max(cands, key=lambda j: iou(ob[j], b), default=None)
+        if (best is None or iou(ob[best], b) < min_iou) and s < threshold + score_tol:
+            continue
+        assert best is not None and iou(ob[best], b) >= min_iou, (
+            f"{context}: reference class {c} score {s:.3f} box {np.round(b, 1)} has no match "
+            f"(ours: {list(zip(oc.tolist(), np.round(os_, 3).tolist()))})")
+        assert abs(os_[best] - s) <= score_tol, f"{context}: class {c} score {os_[best]:.4f} vs reference {s:.4f}"
+        used.add(best)
+    extra = [(int(oc[j]), float(os_[j])) for j in range(len(ob)) if j not in used and os_[j] >= threshold + score_tol]
+    assert not extra, f"{context}: detections the reference does not have: {extra}"

@@ -1,0 +1,142 @@
+"""Export stage: ImportedDetector -> TensorFlow SavedModel -> ONNX (tf2onnx), gated on parity.
+
+Entry point: `export_onnx(detector, onnx_path, workdir, opset, parity_images)`.
+The ONNX graph always has input `images` [batch, H, W, 3] float32 (RGB, [0,1]) and one output per
+spec name (`head_0`.. or `detections` / `boxes`,`scores`), whatever names tf2onnx chose.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .importer import ImportedDetector
+from .spec import INPUT_NAME
+
+PARITY_RTOL = 1e-4  # max|diff| <= 1e-4 * max(1, max|keras|), per output
+
+
+class ExportError(RuntimeError):
+    """Conversion failed or the ONNX model disagrees with the source model."""
+
+
+@dataclass
+class ParityReport:
+    per_output: dict[str, tuple[float, float, float]]  # name -> (max|diff|, max|keras|, allowed)
+
+    @property
+    def ok(self) -> bool:
+        return all(d <= allowed for d, _, allowed in self.per_output.values())
+
+    def lines(self) -> list[str]:
+        return [f"  {n}: max|diff| {d:.3g} (max|keras| {m:.3g}, allowed {a:.3g}) {'ok' if d <= a else 'FAIL'}"
+                for n, (d, m, a) in self.per_output.items()]
+
+
+def save_savedmodel(det: ImportedDetector, path: Path) -> None:
+    import tensorflow as tf
+
+    spec = det.spec
+    names = spec.output_names
+
+    @tf.function(input_signature=[tf.TensorSpec([None, spec.input_height, spec.input_width, 3], tf.float32,
+                                                name=INPUT_NAME)])
+    def serve(images):
+        return {n: tf.identity(t, name=n) for n, t in zip(names, det(images))}
+
+    module = tf.Module()
+    module.model = det.trackable if det.trackable is not None else det.model  # keeps the variables
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+
+
+def convert_savedmodel(saved: Path, onnx_path: Path, opset: int, log) -> None:
+    """tf2onnx's documented command line, in a child process (its TF graph stays out of ours)."""
+    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved), "--output", str(onnx_path),
+           "--opset", str(opset), "--signature_def", "serving_default"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    for line in proc.stdout:
+        tail = (tail + [line.rstrip()])[-30:]
+        if "tf2onnx" in line and ("Using opset" in line or "optimizing" in line.lower() or "Successfully" in line):
+            log(f"  tf2onnx: {line.split(' - ')[-1].strip()}")
+    if proc.wait() != 0:
+        raise ExportError("tf2onnx failed:\n" + "\n".join(tail))
+
+
+def name_tensors(onnx_path: Path, det: ImportedDetector) -> None:
+    """Give the graph the stable names the repository relies on and a named dynamic batch dimension."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    g = model.graph
+    want = list(det.spec.output_names)
+    rename: dict[str, str] = {}
+    if len(g.input) != 1:
+        raise ExportError(f"exported graph has {len(g.input)} inputs, expected 1")
+    rename[g.input[0].name] = INPUT_NAME
+    got = [o.name for o in g.output]
+    if len(got) != len(want):
+        raise ExportError(f"exported graph has outputs {got}, expected {want}")
+    for o in got:  # tf2onnx names outputs after the signature keys; accept ':0' suffixes too
+        base = o.split(":")[0]
+        if base not in want:
+            raise ExportError(f"exported output {o!r} is not one of {want}")
+        rename[o] = base
+    for node in g.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for vi in list(g.input) + list(g.output):
+        vi.name = rename.get(vi.name, vi.name)
+        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    order = {n: i for i, n in enumerate(want)}
+    outs = sorted(g.output, key=lambda v: order[v.name])
+    del g.output[:]
+    g.output.extend(outs)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(onnx_path))
+
+
+def check_parity(det: ImportedDetector, onnx_path: Path, images: np.ndarray) -> ParityReport:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {INPUT_NAME: images})))
+    ref = det.predict(images)
+    report = {}
+    for name, r in ref.items():
+        g = got[name]
+        if g.shape != r.shape:
+            raise ExportError(f"ONNX output {name} has shape {g.shape}, Keras {r.shape}")
+        m = float(np.abs(r).max())
+        report[name] = (float(np.abs(g - r).max()), m, PARITY_RTOL * max(1.0, m))
+    return ParityReport(report)
+
+
+def export_onnx(det: ImportedDetector, onnx_path: Path, workdir: Path, opset: int, parity_images: np.ndarray,
+                log=print) -> ParityReport:
+    if opset < 13:
+        raise ExportError(f"opset {opset}: need 13 or newer")
+    if len(parity_images) < 2:
+        raise ExportError("the parity gate needs at least 2 images")
+    saved = workdir / "saved_model"
+    t = time.perf_counter()
+    save_savedmodel(det, saved)
+    log(f"[export] SavedModel written in {time.perf_counter() - t:.1f}s")
+    t = time.perf_counter()
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    convert_savedmodel(saved, onnx_path, opset, log)
+    name_tensors(onnx_path, det)
+    log(f"[export] ONNX (opset {opset}) written and checked in {time.perf_counter() - t:.1f}s")
+    t = time.perf_counter()
+    report = check_parity(det, onnx_path, parity_images)
+    log(f"[export] parity, Keras vs ONNX Runtime on {len(parity_images)} images ({time.perf_counter() - t:.1f}s):")
+    for line in report.lines():
+        log(line)
+    if not report.ok:
+        raise ExportError("ONNX output differs from the Keras model beyond the parity tolerance:\n" + "\n".join(report.lines()))
+    return report

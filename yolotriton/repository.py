@@ -1,0 +1,256 @@
+"""Repository stage: render the Triton model repository from templates/ and validate it.
+
+Entry points: `render_repository(root, spec, settings)` writes every model folder (configs from the
+jinja2 templates, the Python models, spec.json, labels); `validate_repository(root)` parses each
+config.pbtxt into Triton's own ModelConfig protobuf and checks the ensemble wiring.
+
+The configuration is data (`RepositorySettings`, `ModelConfig`, `Tensor`) turned into Triton's
+text format in one place (`_render_config`).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from .spec import INPUT_NAME, DetectorSpec
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATES = PACKAGE_DIR.parent / "templates"
+TARGETS = ("python", "onnxruntime", "tensorrt")
+RESIZE_MODES = ("stretch", "letterbox")
+
+
+class RepositoryError(ValueError):
+    """A rendered configuration is invalid or the ensemble is mis-wired."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    data_type: str  # Triton's enum name, e.g. TYPE_FP32
+    dims: tuple[int, ...]
+    optional: bool = False
+    label_filename: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    """The subset of Triton's ModelConfig this project writes; rendered by templates/model.pbtxt.j2."""
+
+    name: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    max_batch_size: int
+    backend: str | None = None
+    platform: str | None = None
+    default_model_filename: str | None = None
+    instances: int = 1
+    instance_kind: str = "KIND_CPU"
+    dynamic_batching: bool = True
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    parameters: dict[str, str] = field(default_factory=dict)
+    warmup: bool = False
+
+
+@dataclass
+class RepositorySettings:
+    """Everything about the served repository that is not the network itself (build_repo.py's flags)."""
+
+    name: str = "yolov4"
+    target: str = "python"  # python | onnxruntime | tensorrt (resolved from auto by the caller)
+    max_batch_size: int = 8
+    max_detections: int = 100
+    score_threshold: float = 0.25  # darknet's detector default
+    iou_threshold: float = 0.45  # darknet's NMS default
+    resize_mode: str = "stretch"  # darknet resizes without keeping the aspect ratio
+    max_pixels: int = 50_000_000
+    max_bytes: int = 64 * 1024 * 1024
+    preprocess_instances: int = 2
+    detector_instances: int = 2
+    postprocess_instances: int = 1
+    ort_threads: int = 1  # per detector instance: 2 instances x 1 thread beat 1 x 2 on 2 cores
+    max_queue_delay_us: int = 0
+    instance_kind: str = "KIND_CPU"
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise RepositoryError(f"target {self.target!r}: expected one of {', '.join(TARGETS)}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise RepositoryError(f"resize mode {self.resize_mode!r}: expected stretch or letterbox")
+        if not self.name.replace("_", "").replace("-", "").isalnum():
+            raise RepositoryError(f"model name {self.name!r}: use letters, digits, '-' and '_'")
+        for k in ("max_batch_size", "max_detections", "preprocess_instances", "detector_instances",
+                  "postprocess_instances", "ort_threads", "max_pixels", "max_bytes"):
+            if int(getattr(self, k)) < 1:
+                raise RepositoryError(f"{k} must be at least 1, got {getattr(self, k)}")
+        if not (0 <= self.score_threshold <= 1 and 0 <= self.iou_threshold <= 1):
+            raise RepositoryError("thresholds must lie in [0, 1]")
+
+    @property
+    def preprocess(self) -> str:
+        return f"{self.name}_preprocess"
+
+    @property
+    def detector(self) -> str:
+        return f"{self.name}_detector"
+
+    @property
+    def postprocess(self) -> str:
+        return f"{self.name}_postprocess"
+
+    @property
+    def raw_entry(self) -> str:
+        return f"{self.name}_raw"
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True)
+
+
+def _render_config(cfg: ModelConfig) -> str:
+    return _env().get_template("model.pbtxt.j2").render(**cfg.__dict__)
+
+
+def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[ModelConfig], list[dict]]:
+    """The three member models and the two ensembles (as template contexts)."""
+    h, w = spec.input_height, spec.input_width
+    net_in = Tensor(INPUT_NAME, "TYPE_FP32", (h, w, 3))
+    meta = Tensor("image_meta", "TYPE_FP32", (6,))
+    det_outs = [Tensor(n, "TYPE_FP32", tuple(d)) for n, d in spec.output_dims().items()]
+    k = s.max_detections
+    final = [Tensor("num_detections", "TYPE_INT32", (1,)), Tensor("boxes", "TYPE_FP32", (k, 4)),
+             Tensor("scores", "TYPE_FP32", (k,)), Tensor("classes", "TYPE_INT32", (k,), label_filename="labels.txt")]
+    pre = ModelConfig(
+        name=s.preprocess, backend="python", max_batch_size=s.max_batch_size,
+        inputs=[Tensor("IMAGE", "TYPE_STRING", (1,), optional=True),
+                Tensor("RAW_IMAGE", "TYPE_UINT8", (-1, -1, 3), optional=True)],
+        outputs=[net_in, meta], instances=s.preprocess_instances, instance_kind="KIND_CPU",
+        parameters={"input_width": str(w), "input_height": str(h), "resize_mode": s.resize_mode,
+                    "max_pixels": str(s.max_pixels), "max_bytes": str(s.max_bytes)})
+    det_common = dict(name=s.detector, inputs=[net_in], outputs=det_outs, max_batch_size=s.max_batch_size,
+                      instances=s.detector_instances, instance_kind=s.instance_kind,
+                      max_queue_delay_us=s.max_queue_delay_us, warmup=True)
+    if s.target == "python":
+        det = ModelConfig(backend="python", parameters={"intra_op_threads": str(s.ort_threads)}, **det_common)
+    elif s.target == "onnxruntime":
+        det = ModelConfig(platform="onnxruntime_onnx", default_model_filename="model.onnx",
+                          parameters={"intra_op_thread_count": str(s.ort_threads)}, **det_common)
+    else:
+        det = ModelConfig(platform="tensorrt_plan", default_model_filename="model.plan", **det_common)
+    post = ModelConfig(
+        name=s.postprocess, backend="python", max_batch_size=s.max_batch_size, inputs=det_outs + [meta],
+        outputs=final, instances=s.postprocess_instances,
+        parameters={"score_threshold": str(s.score_threshold), "iou_threshold": str(s.iou_threshold),
+                    "max_detections": str(k)})
+    steps = lambda entry_input: [
+        {"model": s.preprocess, "input_map": {entry_input: entry_input},
+         "output_map": {INPUT_NAME: INPUT_NAME, "image_meta": "image_meta"}},
+        {"model": s.detector, "input_map": {INPUT_NAME: INPUT_NAME}, "output_map": {t.name: t.name for t in det_outs}},
+        {"model": s.postprocess, "input_map": {t.name: t.name for t in det_outs + [meta]},
+         "output_map": {t.name: t.name for t in final}},
+    ]
+    ensembles = [
+        {"name": s.name, "max_batch_size": s.max_batch_size, "input": Tensor("IMAGE", "TYPE_STRING", (1,)),
+         "outputs": final, "steps": steps("IMAGE")},
+        {"name": s.raw_entry, "max_batch_size": s.max_batch_size, "input": Tensor("RAW_IMAGE", "TYPE_UINT8", (-1, -1, 3)),
+         "outputs": final, "steps": steps("RAW_IMAGE")},
+    ]
+    return [pre, det, post], ensembles
+
+
+def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> None:
+    """Write configs, model code and metadata under `root` (the detector's weights are placed by the caller)."""
+    members, ensembles = model_configs(spec, s)
+    labels = "\n".join(spec.labels) + "\n"
+    for cfg in members:
+        (root / cfg.name / "1").mkdir(parents=True, exist_ok=True)
+        (root / cfg.name / "config.pbtxt").write_text(_render_config(cfg))
+    for e in ensembles:
+        (root / e["name"] / "1").mkdir(parents=True, exist_ok=True)  # Triton wants the (empty) version folder
+        (root / e["name"] / "config.pbtxt").write_text(_env().get_template("ensemble.pbtxt.j2").render(**e))
+        (root / e["name"] / "labels.txt").write_text(labels)
+    pre, post = root / s.preprocess / "1", root / s.postprocess / "1"
+    shutil.copy(TEMPLATES / "preprocess" / "model.py", pre / "model.py")
+    shutil.copy(PACKAGE_DIR / "images.py", pre / "images.py")
+    shutil.copy(TEMPLATES / "postprocess" / "model.py", post / "model.py")
+    shutil.copy(PACKAGE_DIR / "detections.py", post / "detections.py")
+    (post / "spec.json").write_text(spec.to_json())
+    (root / s.postprocess / "labels.txt").write_text(labels)
+    if s.target == "python":
+        shutil.copy(TEMPLATES / "detector_python" / "model.py", root / s.detector / "1" / "model.py")
+
+
+# --------------------------------------------------------------------------- validation
+
+def _parse(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(path.read_text(), cfg)
+    except text_format.ParseError as e:
+        raise RepositoryError(f"{path}: not a valid Triton ModelConfig: {e}") from e
+    if cfg.name != path.parent.name:
+        raise RepositoryError(f"{path}: name {cfg.name!r} differs from its folder {path.parent.name!r}")
+    return cfg
+
+
+def validate_repository(root: Path) -> dict:
+    """Parse every config.pbtxt with Triton's protobuf and check each ensemble step's tensors exist and match."""
+    from tritonclient.grpc import model_config_pb2
+
+    configs = {p.parent.name: _parse(p) for p in sorted(root.glob("*/config.pbtxt"))}
+    if not configs:
+        raise RepositoryError(f"{root}: no models")
+    dtype = model_config_pb2.DataType.Name
+    for name, cfg in configs.items():
+        if not (root / name / "1").is_dir():
+            raise RepositoryError(f"{name}: missing version folder 1/")
+        for t in list(cfg.output):
+            if t.label_filename and not (root / name / t.label_filename).is_file():
+                raise RepositoryError(f"{name}: label file {t.label_filename} is missing")
+        if cfg.platform != "ensemble":
+            if cfg.backend == "python" and not (root / name / "1" / "model.py").is_file():
+                raise RepositoryError(f"{name}: python backend without 1/model.py")
+            if cfg.default_model_filename and not (root / name / "1" / cfg.default_model_filename).is_file():
+                raise RepositoryError(f"{name}: missing 1/{cfg.default_model_filename}")
+            continue
+        # Ensemble: walk the steps; every tensor read must come from the ensemble input or an earlier step.
+        avail = {t.name: (dtype(t.data_type), list(t.dims)) for t in cfg.input}
+        for step in cfg.ensemble_scheduling.step:
+            member = configs.get(step.model_name)
+            if member is None:
+                raise RepositoryError(f"{name}: step uses unknown model {step.model_name!r}")
+            if member.max_batch_size < cfg.max_batch_size:
+                raise RepositoryError(f"{name}: max_batch_size {cfg.max_batch_size} exceeds {step.model_name}'s "
+                                      f"{member.max_batch_size}")
+            m_in = {t.name: (dtype(t.data_type), list(t.dims), t.optional) for t in member.input}
+            m_out = {t.name: (dtype(t.data_type), list(t.dims)) for t in member.output}
+            for model_tensor, ens_tensor in step.input_map.items():
+                if model_tensor not in m_in:
+                    raise RepositoryError(f"{name}: {step.model_name} has no input {model_tensor!r}")
+                if ens_tensor not in avail:
+                    raise RepositoryError(f"{name}: tensor {ens_tensor!r} for {step.model_name} is produced by no earlier step")
+                if avail[ens_tensor] != m_in[model_tensor][:2]:
+                    raise RepositoryError(f"{name}: {ens_tensor!r} is {avail[ens_tensor]} but {step.model_name}."
+                                          f"{model_tensor} wants {m_in[model_tensor][:2]}")
+            missing = [n for n, (_, _, opt) in m_in.items() if not opt and n not in step.input_map]
+            if missing:
+                raise RepositoryError(f"{name}: {step.model_name} inputs {missing} are not mapped")
+            for model_tensor, ens_tensor in step.output_map.items():
+                if model_tensor not in m_out:
+                    raise RepositoryError(f"{name}: {step.model_name} has no output {model_tensor!r}")
+                avail[ens_tensor] = m_out[model_tensor]
+        for t in cfg.output:
+            if t.name not in avail:
+                raise RepositoryError(f"{name}: output {t.name!r} is produced by no step")
+            if avail[t.name] != (dtype(t.data_type), list(t.dims)):
+                raise RepositoryError(f"{name}: output {t.name!r} is {avail[t.name]}, declared "
+                                      f"{(dtype(t.data_type), list(t.dims))}")
+    return configs

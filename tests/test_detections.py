@@ -1,0 +1,84 @@
+"""The built default repository, run in-process (same code as the served models), against OpenCV's darknet."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from reference import assert_same_detections, iou, opencv_detect, opencv_net
+from yolotriton.images import ImageError, image_size, preprocess_bytes
+from yolotriton.pipeline import LocalPipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(built_repo):
+    return LocalPipeline(built_repo)
+
+
+def test_onnx_has_stable_names_and_dynamic_batch(built_repo):
+    m = onnx.load(str(built_repo / "yolov4_detector" / "1" / "model.onnx"))
+    onnx.checker.check_model(m)
+    assert [i.name for i in m.graph.input] == ["images"]
+    assert [o.name for o in m.graph.output] == ["head_0", "head_1"]
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 17
+
+
+def test_detections_match_opencv_on_every_photo(pipeline, default_model, photos):
+    net = opencv_net(default_model.cfg, default_model.weights)
+    found = 0
+    for photo in photos:
+        ours = pipeline([photo.read_bytes()])[0]
+        ref = opencv_detect(net, cv2.imread(str(photo)), (416, 416))
+        assert_same_detections((ours.boxes, ours.scores, ours.classes), ref, context=photo.name)
+        found += len(ref[0])
+    assert found >= 20  # the photos hold dogs, people, horses, a bus...
+
+
+def test_dog_photo_finds_darknets_classes(pipeline, shared):
+    labels = (shared / "coco.names").read_text().split("\n")
+    det = pipeline([(shared / "dog.jpg").read_bytes()])[0]
+    assert {"dog", "bicycle", "truck"} <= {labels[c] for c in det.classes}
+
+
+def test_letterbox_maps_boxes_back(built_repo, shared):
+    """Letterbox and stretch see the same dog: their boxes, mapped back to the photo, must agree."""
+    stretch = LocalPipeline(built_repo)
+    letter = LocalPipeline(built_repo)
+    letter.mode = "letterbox"
+    data = (shared / "dog.jpg").read_bytes()
+    a, b = stretch([data])[0], letter([data])[0]
+
+    dog_a, dog_b = a.boxes[a.classes == 16][0], b.boxes[b.classes == 16][0]
+    assert iou(dog_a, dog_b) > 0.8
+
+
+def test_image_header_checks(shared):
+    data = (shared / "dog.jpg").read_bytes()
+    assert image_size(data) == ("jpeg", 768, 576)
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        image_size(data[:len(data) // 2])
+    with pytest.raises(ImageError, match="not a JPEG, PNG or BMP"):
+        image_size(b"hello world")
+    with pytest.raises(ImageError, match="empty image"):
+        image_size(b"")
+    # A PNG that claims 12000x10000 is refused from its header, before decoding
+    ok, png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
+    big = bytearray(png.tobytes())
+    big[16:24] = (12000).to_bytes(4, "big") + (10000).to_bytes(4, "big")
+    with pytest.raises(ImageError, match="120,000,000 pixels, above the limit"):
+        preprocess_bytes(bytes(big), 416, 416)
+
+
+def test_reduced_scale_decode_keeps_detections(pipeline, shared):
+    """A 4x upscaled photo is decoded at 1/2 or 1/4 scale in libjpeg; detections must not change."""
+    img = cv2.imread(str(shared / "dog.jpg"))
+    big = cv2.resize(img, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    ok, enc = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    a = pipeline([(shared / "dog.jpg").read_bytes()])[0]
+    b = pipeline([enc.tobytes()])[0]
+    assert sorted(a.classes.tolist()) == sorted(b.classes.tolist())
+
+    for c in set(a.classes.tolist()):
+        assert iou(a.boxes[a.classes == c][0], b.boxes[b.classes == c][0] / 4) > 0.9  # b is in 4x pixels

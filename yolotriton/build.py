@@ -6,6 +6,7 @@ previous repository as it was.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -34,7 +35,7 @@ class BuildOptions:
     output: Path = Path("model_repository")
     opset: int = 17
     parity_images: tuple[Path, ...] = ()
-    log: object = field(default=print)
+    log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
 
 def resolve_target(target: str) -> str:

@@ -184,3 +184,7 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+if __name__ == "__main__":
+    main()

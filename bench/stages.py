@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Per-stage cost of the pre/postprocess code the served models run (in-process, single thread).
+
+  .venv/bin/python bench/stages.py [--repeat 300]
+
+Prints median/p90 ms for: preprocess of darknet's dog.jpg (768x576 JPEG) to 416x416, and
+postprocess (decode + class-aware NMS + top-K) of YOLOv4-416-shaped raw outputs
+(52x52, 26x26, 13x13 heads = 10,647 candidates x 80 classes). The YOLOv4-416 outputs are made
+from yolov4-tiny's real outputs on the photo (the 26x26 head upsampled to 52x52), so the score
+distribution is a trained network's, not noise.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from yolotriton import images  # noqa: E402
+from yolotriton.detections import Decoder  # noqa: E402
+
+
+def timeit(fn, repeat):
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1000)
+    return np.median(ts), np.percentile(ts, 90)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=300)
+    ap.add_argument("--photo", type=Path, default=ROOT.parent / "shared" / "darknet" / "dog.jpg")
+    args = ap.parse_args()
+    cv2.setNumThreads(1)  # as in the served models
+    data = args.photo.read_bytes()
+    _, w, h = images.image_size(data)
+    out = np.empty((416, 416, 3), np.float32)
+    rows = []
+    rows.append((f"preprocess {w}x{h} JPEG -> 416x416 (decode, resize, RGB float)",
+                 *timeit(lambda: images.preprocess_bytes(data, 416, 416, "stretch", out=out), args.repeat)))
+    rows.append((f"  of which cv2.imdecode alone",
+                 *timeit(lambda: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB), args.repeat)))
+    big_img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    big = cv2.imencode(".jpg", cv2.resize(big_img, (w * 4, h * 4), interpolation=cv2.INTER_CUBIC))[1].tobytes()
+    rows.append((f"preprocess the same photo upscaled to {w * 4}x{h * 4} (decoded at 1/4 scale)",
+                 *timeit(lambda: images.preprocess_bytes(big, 416, 416, "stretch", out=out), max(20, args.repeat // 4))))
+    rows.append((f"  full-scale cv2.imdecode of that {w * 4}x{h * 4} JPEG, for comparison",
+                 *timeit(lambda: cv2.imdecode(np.frombuffer(big, np.uint8), cv2.IMREAD_COLOR_RGB), max(20, args.repeat // 4))))
+
+    import onnxruntime as ort
+    from yolotriton.darknet import build_graph, parse_cfg
+
+    tiny_repo = ROOT / "model_repository" / "yolov4_detector" / "1" / "model.onnx"
+    sess = ort.InferenceSession(str(tiny_repo), providers=["CPUExecutionProvider"])
+    x, meta = images.preprocess_bytes(data, 416, 416)
+    h13, h26 = sess.run(["head_0", "head_1"], {"images": x[None]})
+    h52 = h26.repeat(2, axis=1).repeat(2, axis=2)
+    spec = build_graph(parse_cfg(ROOT.parent / "shared" / "darknet" / "yolov4.cfg")).spec.__dict__
+    full = {**spec, "input_height": 416, "input_width": 416,
+            "heads": [{"name": hd.name, "anchors": hd.anchors, "stride": hd.stride, "grid": g,
+                       "scale_x_y": hd.scale_x_y, "new_coords": hd.new_coords}
+                      for hd, g in zip(spec["heads"], [(52, 52), (26, 26), (13, 13)])]}
+    dec = Decoder(full)
+    outs = {"head_0": h52, "head_1": h26, "head_2": h13}
+    n = sum(v.shape[1] * v.shape[2] * 3 for v in outs.values())
+    num = dec(outs, meta[None], 0.25, 0.45, 100)[0][0, 0]
+    rows.append((f"postprocess YOLOv4-416 raw outputs ({n:,} candidates x 80 classes, {num} kept)",
+                 *timeit(lambda: dec(outs, meta[None], 0.25, 0.45, 100), args.repeat)))
+    outs8 = {k: np.repeat(v, 8, axis=0) for k, v in outs.items()}
+    med, p90 = timeit(lambda: dec(outs8, np.repeat(meta[None], 8, 0), 0.25, 0.45, 100), max(20, args.repeat // 8))
+    rows.append(("postprocess, batch of 8, per image", med / 8, p90 / 8))
+    print(f"{'stage':<90} {'median ms':>10} {'p90 ms':>8}")
+    for name, med, p90 in rows:
+        print(f"{name:<90} {med:>10.3f} {p90:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()

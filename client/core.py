@@ -1,0 +1,93 @@
+"""What the sync and async clients share: the model description read from the server, request building,
+and turning the ensemble's outputs into typed detections. No I/O here."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+OUTPUTS = ("num_detections", "boxes", "scores", "classes")
+THRESHOLDS = ("score_threshold", "iou_threshold", "max_detections")
+
+# A path, encoded bytes (JPEG/PNG/BMP), or a decoded RGB uint8 array [h, w, 3].
+ImageLike = Union[str, Path, bytes, bytearray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    class_id: int
+    score: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the image's own pixels
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "class_id": self.class_id, "score": round(self.score, 5),
+                "box": [round(v, 2) for v in self.box]}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Read from the server's model configs, never assumed."""
+
+    name: str
+    raw_entry: str | None  # the ensemble taking RAW_IMAGE arrays, if the server has it
+    labels: tuple[str, ...]
+    input_width: int
+    input_height: int
+    max_batch_size: int
+    max_detections: int
+    max_pixels: int
+    max_bytes: int
+
+    @classmethod
+    def from_configs(cls, name: str, ensemble: dict, preprocess: dict, raw_entry: str | None) -> "ModelInfo":
+        params = lambda cfg: {k: v["string_value"] for k, v in (cfg.get("parameters") or {}).items()}
+        ep, pp = params(ensemble), params(preprocess)
+        boxes = next(o for o in ensemble["output"] if o["name"] == "boxes")
+        return cls(name=name, raw_entry=raw_entry, labels=tuple(json.loads(ep.get("labels", "[]"))),
+                   input_width=int(pp["input_width"]), input_height=int(pp["input_height"]),
+                   max_batch_size=int(ensemble.get("max_batch_size", 0) or 1), max_detections=int(boxes["dims"][0]),
+                   max_pixels=int(pp["max_pixels"]), max_bytes=int(pp["max_bytes"]))
+
+    def label(self, class_id: int) -> str:
+        return self.labels[class_id] if 0 <= class_id < len(self.labels) else str(class_id)
+
+
+def preprocess_model_name(ensemble: dict) -> str:
+    steps = ensemble["ensemble_scheduling"]["step"]
+    return next(s["model_name"] for s in steps if "IMAGE" in s.get("input_map", {}) or "RAW_IMAGE" in s.get("input_map", {}))
+
+
+def load_image(image: ImageLike) -> bytes | np.ndarray:
+    """Encoded bytes stay bytes (sent as IMAGE); arrays are checked and sent as RAW_IMAGE."""
+    if isinstance(image, (str, Path)):
+        return Path(image).read_bytes()
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"an image array must be RGB uint8 [height, width, 3], got {image.dtype} {list(image.shape)}")
+        return np.ascontiguousarray(image)
+    raise TypeError(f"cannot send {type(image).__name__} as an image: give a path, bytes or an RGB uint8 array")
+
+
+def request_parameters(**thresholds) -> dict | None:
+    given = {k: v for k, v in thresholds.items() if k in THRESHOLDS and v is not None}
+    return given or None
+
+
+def to_detections(info: ModelInfo, outputs: dict[str, np.ndarray]) -> list[list[Detection]]:
+    result = []
+    for i, n in enumerate(outputs["num_detections"][:, 0]):
+        boxes, scores, classes = outputs["boxes"][i, :n], outputs["scores"][i, :n], outputs["classes"][i, :n]
+        result.append([Detection(info.label(int(c)), int(c), float(s), tuple(float(v) for v in b))
+                       for b, s, c in zip(boxes, scores, classes)])
+    return result
+
+
+def batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

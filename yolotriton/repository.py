@@ -9,6 +9,7 @@ text format in one place (`_render_config`).
 """
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,9 +108,16 @@ class RepositorySettings:
         return f"{self.name}_raw"
 
 
+def _pbtxt_string(value: str) -> str:
+    """Escape for a double-quoted protobuf text-format string (JSON's escapes are a subset it accepts)."""
+    return json.dumps(str(value), ensure_ascii=False)[1:-1]
+
+
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    env.filters["pbtxt"] = _pbtxt_string
+    return env
 
 
 def _render_config(cfg: ModelConfig) -> str:
@@ -154,11 +162,13 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         {"model": s.postprocess, "input_map": {t.name: t.name for t in det_outs + [meta]},
          "output_map": {t.name: t.name for t in final}},
     ]
+    # Clients read the labels from the ensemble's config (Triton serves configs, not label files).
+    params = {"labels": json.dumps(list(spec.labels), ensure_ascii=False)}
     ensembles = [
         {"name": s.name, "max_batch_size": s.max_batch_size, "input": Tensor("IMAGE", "TYPE_STRING", (1,)),
-         "outputs": final, "steps": steps("IMAGE")},
+         "outputs": final, "steps": steps("IMAGE"), "parameters": params},
         {"name": s.raw_entry, "max_batch_size": s.max_batch_size, "input": Tensor("RAW_IMAGE", "TYPE_UINT8", (-1, -1, 3)),
-         "outputs": final, "steps": steps("RAW_IMAGE")},
+         "outputs": final, "steps": steps("RAW_IMAGE"), "parameters": params},
     ]
     return [pre, det, post], ensembles
 

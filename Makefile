@@ -1,17 +1,19 @@
 # make        set up (.venv, pinned packages, Debian libraries) and build model_repository/ (default: yolov4-tiny)
 # make test   run the test suite (starts real tritonservers on free loopback ports)
 # make serve  build if needed, then serve model_repository/ on 127.0.0.1 (gRPC 8001, HTTP 8000, metrics 8002)
+# make bench  served ensemble (perf_analyzer) vs in-process baselines -> bench/results/
+# make tune   measure configurations and write the best one back into model_repository/
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 REPO   := model_repository
 SOURCES := build_repo.py $(wildcard yolotriton/*.py) $(wildcard templates/*.j2 templates/*/*.py)
 
-.PHONY: all setup repo test serve clean
+.PHONY: all setup repo test serve bench tune clean
 all: repo
 
 setup: $(STAMP)
-$(STAMP): requirements.txt pyproject.toml scripts/setup.sh
+$(STAMP): requirements.txt pyproject.toml scripts/setup.sh scripts/install_perf_analyzer.sh
 	./scripts/setup.sh
 
 repo: $(REPO)/yolov4/config.pbtxt
@@ -23,6 +25,12 @@ test: $(STAMP)
 
 serve: repo
 	$(VENV)/bin/tritonserver --model-repository $(REPO)
+
+bench: repo
+	$(PY) bench/run.py --repository $(REPO)
+
+tune: repo
+	$(PY) bench/tune.py --repository $(REPO)
 
 clean:
 	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

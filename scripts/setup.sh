@@ -23,4 +23,5 @@ echo "[setup] installing pinned Python packages (requirements.txt)"
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
 .venv/bin/python -m pip check
+./scripts/install_perf_analyzer.sh
 touch .venv/.installed

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -193,6 +193,15 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
     (root / s.postprocess / "labels.txt").write_text(labels)
     if s.target == "python":
         shutil.copy(TEMPLATES / "detector_python" / "model.py", root / s.detector / "1" / "model.py")
+    # What was rendered, so the repository can be re-rendered (tuning) without re-exporting the model.
+    (root / "settings.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+
+
+def read_settings(root: Path) -> RepositorySettings:
+    path = root / "settings.json"
+    if not path.is_file():
+        raise RepositoryError(f"{root}: no settings.json (built by an older build_repo.py?): rebuild it")
+    return RepositorySettings(**json.loads(path.read_text()))
 
 
 # --------------------------------------------------------------------------- validation

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Tune the served repository by measurement and write the best configuration back into it.
+
+  .venv/bin/python bench/tune.py [--repository model_repository] [--concurrency 4] [--interval 3000]
+
+Coordinate search from the repository's current settings over: detector instances x ONNX Runtime
+threads, preprocess instances, dynamic-batching queue delay, max batch size. Each candidate is
+rendered into a scratch copy (weights hard-linked), served by a real tritonserver and measured with
+perf_analyzer on real JPEGs; the best images/s wins. The winner is re-rendered into the repository
+(staged and swapped in) and `tuning.md` beside it records every measured row with peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import perf_analyzer, perf_input_file, photos, tree_peak_rss_mb  # noqa: E402
+
+from yolotriton.build import WEIGHT_FILES, rerender  # noqa: E402
+from yolotriton.repository import read_settings  # noqa: E402
+from yolotriton.server import ServerError, TritonServer  # noqa: E402
+
+CORES = os.cpu_count() or 2
+DIMENSIONS = [  # each a list of alternative settings; the search keeps the best of each in turn
+    [{"detector_instances": i, "ort_threads": t} for i, t in ((1, CORES), (CORES, 1), (2, max(1, CORES // 2)), (1, 1))],
+    [{"preprocess_instances": n} for n in (1, 2)],
+    [{"max_queue_delay_us": d} for d in (0, 2000, 10000)],
+    [{"max_batch_size": b} for b in (8, 4, 1)],
+]
+
+
+def measure(repo: Path, settings: dict, images_json: Path, concurrency: int, interval: int, work: Path, log) -> dict:
+    scratch = work / "candidate"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    link = lambda s, d: os.link(s, d) if Path(s).name in WEIGHT_FILES else shutil.copy2(s, d)
+    shutil.copytree(repo, scratch, copy_function=link)
+    rerender(scratch, **settings)
+    try:
+        with TritonServer(scratch, log_path=work / "tritonserver.log") as server:
+            rows = perf_analyzer(server, read_settings(scratch).name, work / "pa.csv",
+                                 ["--input-data", str(images_json), "--concurrency-range", f"{concurrency}:{concurrency}",
+                                  "--measurement-interval", str(interval)], lambda *_: None)
+            rss = tree_peak_rss_mb(server.process.pid)
+    except (ServerError, RuntimeError) as e:
+        log(f"  {settings}: failed ({str(e).splitlines()[0]})")
+        return {"settings": settings, "ips": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "rss_mb": 0.0}
+    r = rows[0]
+    out = {"settings": settings, "ips": float(r["Inferences/Second"]), "p50_ms": int(r["p50 latency"]) / 1000,
+           "p99_ms": int(r["p99 latency"]) / 1000, "rss_mb": rss}
+    log(f"  {settings}: {out['ips']:6.2f} img/s  p50 {out['p50_ms']:7.1f} ms  p99 {out['p99_ms']:7.1f} ms  "
+        f"peak RSS {rss:6.0f} MB")
+    return out
+
+
+def tune(repo: Path, concurrency: int, interval: int, log=print) -> tuple[dict, list[dict]]:
+    work = Path(tempfile.mkdtemp(prefix="yolotriton-tune-"))
+    images_json = work / "images.json"
+    perf_input_file([p.read_bytes() for p in photos()], images_json)
+    keys = {k for dim in DIMENSIONS for alt in dim for k in alt}
+    current = {k: v for k, v in dataclasses.asdict(read_settings(repo)).items() if k in keys}
+    rows: list[dict] = []
+    seen: dict[tuple, dict] = {}
+    best = None
+    try:
+        for dim in DIMENSIONS:
+            for alt in dim:
+                cand = {**current, **alt}
+                key = tuple(sorted(cand.items()))
+                if key not in seen:
+                    seen[key] = measure(repo, cand, images_json, concurrency, interval, work, log)
+                    rows.append(seen[key])
+                if best is None or seen[key]["ips"] > best["ips"]:
+                    best = seen[key]
+            current = dict(best["settings"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return best, rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--interval", type=int, default=3000, help="perf_analyzer measurement interval (ms)")
+    args = ap.parse_args()
+    log = lambda *a: print(*a, flush=True)
+    log(f"[tune] {args.repository}, concurrency {args.concurrency}, JPEG photos in")
+    best, rows = tune(args.repository, args.concurrency, args.interval, log)
+    rerender(args.repository, **best["settings"])
+    lines = [f"# Tuning ({time.strftime('%Y-%m-%d %H:%M')}, {CORES} cores, perf_analyzer concurrency {args.concurrency})", "",
+             f"Chosen and written into the configs: `{best['settings']}` ({best['ips']:.2f} img/s).", "",
+             "| settings | images/s | p50 ms | p99 ms | server peak RSS MB |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['settings']}` | {r['ips']:.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rss_mb']:.0f} |")
+    (args.repository / "tuning.md").write_text("\n".join(lines) + "\n")
+    log("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

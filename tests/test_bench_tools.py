@@ -1,0 +1,53 @@
+"""The benchmark tooling: perf_analyzer on the venv PATH with real JPEG input data, and re-rendering."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from yolotriton.build import rerender  # noqa: E402
+from yolotriton.repository import RepositoryError, read_settings, validate_repository  # noqa: E402
+
+
+def test_perf_analyzer_drives_the_ensemble_with_real_jpegs(server, photos, tmp_path):
+    from run import perf_analyzer, perf_input_file
+
+    assert (ROOT / ".venv" / "bin" / "perf_analyzer").is_file()
+    images = tmp_path / "images.json"
+    perf_input_file([p.read_bytes() for p in photos[:3]], images)
+    rows = perf_analyzer(server, "yolov4", tmp_path / "pa.csv",
+                         ["--input-data", str(images), "--concurrency-range", "2:2", "--measurement-interval", "2000"],
+                         lambda *_: None)
+    assert len(rows) == 1 and float(rows[0]["Inferences/Second"]) > 0
+    # perf_analyzer counts errors as failures and exits non-zero; a wrong BYTES encoding would fail here
+
+
+def test_rerender_changes_configs_keeps_weights(built_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(built_repo, repo)
+    weights = repo / "yolov4_detector" / "1" / "model.onnx"
+    before = weights.read_bytes()
+    s = rerender(repo, detector_instances=1, ort_threads=2, max_queue_delay_us=2000, max_batch_size=4)
+    cfg = validate_repository(repo)
+    assert cfg["yolov4_detector"].instance_group[0].count == 1
+    assert cfg["yolov4_detector"].parameters["intra_op_threads"].string_value == "2"
+    assert cfg["yolov4_detector"].dynamic_batching.max_queue_delay_microseconds == 2000
+    assert cfg["yolov4"].max_batch_size == 4 and read_settings(repo) == s
+    assert weights.read_bytes() == before
+    assert (built_repo / "yolov4_detector" / "config.pbtxt").read_text().count("count: 2") == 1  # original untouched
+
+
+def test_rerender_with_a_bad_setting_changes_nothing(built_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(built_repo, repo)
+    snapshot = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    with pytest.raises(RepositoryError, match="max_batch_size must be at least 1"):
+        rerender(repo, max_batch_size=0)
+    assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == snapshot
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -55,6 +55,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--postprocess-instances", type=int, default=1)
     out.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads per detector instance")
     out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")
+    trt = p.add_argument_group("TensorRT (--target tensorrt; --trt-accelerator for --target onnxruntime)")
+    trt.add_argument("--plan-builder", choices=("local", "docker"), default="local",
+                     help="local: TensorRT's Python API here; docker: render build_plan.sh + docker-compose.yml "
+                          "that build with trtexec inside the NGC Triton image on the serving host")
+    trt.add_argument("--fp32", action="store_true", help="build the plan in FP32 (default FP16, gated on accuracy)")
+    trt.add_argument("--workspace-mib", type=int, default=2048, help="TensorRT builder workspace")
+    trt.add_argument("--ngc-tag", default="24.10-py3", help="nvcr.io/nvidia/tritonserver tag that builds and serves")
+    trt.add_argument("--trt-accelerator", action="store_true",
+                     help="onnxruntime target: Triton's TensorRT execution accelerator (FP16) on GPU instances")
     out.add_argument("--parity-images", type=Path, nargs="+",
                      help="images for the Keras-vs-ONNX parity gate (default: the default model's two photos)")
     return p.parse_args(argv)
@@ -81,7 +90,7 @@ def main(argv=None) -> int:
             iou_threshold=args.iou_threshold, resize_mode=args.resize, max_pixels=args.max_pixels,
             max_bytes=args.max_bytes, preprocess_instances=args.preprocess_instances,
             detector_instances=args.detector_instances, postprocess_instances=args.postprocess_instances,
-            ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us)
+            ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "box_format": args.box_format, "normalized": args.normalized_boxes,
                   "has_objectness": args.has_objectness, "input_size": args.input_size}
@@ -94,7 +103,11 @@ def main(argv=None) -> int:
                 source.cfg, source.weights = default.cfg, default.weights
                 source.names = source.names or default.names
             parity = parity or default.samples
-        build(BuildOptions(source=source, repo=repo, output=args.output, opset=args.opset, parity_images=tuple(parity)))
+        from yolotriton.plan import PlanOptions
+
+        build(BuildOptions(source=source, repo=repo, output=args.output, opset=args.opset, parity_images=tuple(parity),
+                           plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
+                           plan_builder=args.plan_builder, ngc_tag=args.ngc_tag))
     except known as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@
 from .aio import AsyncYoloClient
 from .api import YoloClient
 from .core import Detection, ModelInfo
-from .errors import BadImage, ModelNotReady, RequestTimeout, ServerError, ServerUnreachable, YoloClientError
+from .errors import (BadImage, ModelFailure, ModelNotReady, ModelUnavailable, RequestTimeout, ServerError,
+                     ServerUnreachable, YoloClientError)
 
 __all__ = ["YoloClient", "AsyncYoloClient", "Detection", "ModelInfo", "YoloClientError", "ServerUnreachable",
-           "RequestTimeout", "ModelNotReady", "BadImage", "ServerError"]
+           "RequestTimeout", "ModelNotReady", "ModelUnavailable", "BadImage", "ModelFailure", "ServerError"]

@@ -9,7 +9,7 @@ import numpy as np
 from .api import DEFAULT_URLS
 from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, load_image, preprocess_model_name, request_parameters,
                    to_detections)
-from .errors import ModelNotReady, ServerUnreachable, classify
+from .errors import ModelNotReady, classify
 
 
 class AsyncYoloClient:
@@ -40,7 +40,7 @@ class AsyncYoloClient:
                 return await fn(*args, **kwargs)
             except Exception as exc:
                 err = classify(exc)
-                if isinstance(err, ServerUnreachable) and attempt < self.retries:
+                if err.retryable and attempt < self.retries:
                     await asyncio.sleep(self.backoff * 2 ** attempt)
                     continue
                 raise err from exc

@@ -10,7 +10,7 @@ import numpy as np
 
 from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, batches, load_image, preprocess_model_name,
                    request_parameters, to_detections)
-from .errors import ModelNotReady, ServerUnreachable, classify
+from .errors import ModelNotReady, classify
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
 # Measured on loopback (bench/shm.py): a 21 MB RGB array took 236 ms over gRPC and 116 ms through
@@ -63,7 +63,7 @@ class YoloClient:
                 return fn(*args, **kwargs)
             except Exception as exc:  # tritonclient raises its own, socket and gevent errors
                 err = classify(exc)
-                if isinstance(err, ServerUnreachable) and attempt < self.retries:
+                if err.retryable and attempt < self.retries:
                     time.sleep(self.backoff * 2 ** attempt)
                     continue
                 raise err from exc

@@ -36,7 +36,7 @@ def test_wrong_dtype_shape_and_batch_are_invalid_arg(grpc, shared):
     cases = [
         (np.zeros((1, 1), np.float32), "FP32", "IMAGE", "yolov4", "data-type"),
         (np.array([[good, good]], dtype=object), "BYTES", "IMAGE", "yolov4", "shape"),
-        (np.array([[good]] * 9, dtype=object), "BYTES", "IMAGE", "yolov4", "batch size"),
+        (np.array([[good]] * 9, dtype=object), "BYTES", "IMAGE", "yolov4", "batch-size must be <= 8"),
         (np.zeros((1, 20, 20), np.uint8), "UINT8", "RAW_IMAGE", "yolov4_raw", "shape"),
         (np.zeros((1, 20, 20, 3), np.float32), "FP32", "RAW_IMAGE", "yolov4_raw", "data-type"),
     ]

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import images
 from .importer import ImportOptions, import_model
+from .plan import DEFAULT_NGC_TAG, PlanError, PlanOptions
 from .repository import RepositorySettings, read_settings, render_repository, validate_repository
 from .spec import DetectorSpec
 
@@ -38,6 +39,9 @@ class BuildOptions:
     output: Path = Path("model_repository")
     opset: int = 17
     parity_images: tuple[Path, ...] = ()
+    plan: PlanOptions = PlanOptions()  # --target tensorrt
+    plan_builder: str = "local"  # local: TensorRT here; docker: trtexec in the NGC image on the serving host
+    ngc_tag: str = DEFAULT_NGC_TAG
     log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
 
@@ -71,7 +75,7 @@ def build(opts: BuildOptions) -> Path:
     log = opts.log
     t0 = time.perf_counter()
     s = opts.repo
-    if s.target == "tensorrt":
+    if s.target == "tensorrt" and opts.plan_builder == "local":
         from .plan import check_tensorrt_available
 
         check_tensorrt_available()  # fail before the slow stages
@@ -95,15 +99,12 @@ def build(opts: BuildOptions) -> Path:
         onnx_path = staging / s.detector / "1" / "model.onnx"
         export_onnx(det, onnx_path, work, opts.opset, batch, log)
         if s.target == "tensorrt":
-            from .plan import build_plan
-
-            build_plan(onnx_path, onnx_path.with_name("model.plan"), s, log)
-            onnx_path.unlink()
+            _tensorrt_stage(opts, spec, onnx_path, batch, work, staging)
         t = time.perf_counter()
         render_repository(staging, spec, s)
         if not (staging / "README.md").exists():
             (staging / "README.md").write_text(REPO_README)
-        validate_repository(staging)
+        validate_repository(staging, allow_pending_plan=s.target == "tensorrt" and opts.plan_builder == "docker")
         log(f"[render] {len(list(staging.glob('*/config.pbtxt')))} models rendered and validated "
             f"({time.perf_counter() - t:.1f}s)")
         _swap_in(staging, output)
@@ -113,6 +114,29 @@ def build(opts: BuildOptions) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     log(f"[done] {output} in {time.perf_counter() - t0:.1f}s (target {s.target}, model {s.name})")
     return output
+
+
+def _tensorrt_stage(opts: BuildOptions, spec, onnx_path: Path, batch, work: Path, staging: Path) -> None:
+    """FP16 accuracy gate, then the plan: built here, or scripted for the serving host's NGC image."""
+    from .plan import build_plan, fp16_gate, render_docker_build, to_fp16
+
+    log, s = opts.log, opts.repo
+    if opts.plan.fp16:
+        t = time.perf_counter()
+        report = fp16_gate(onnx_path, to_fp16(onnx_path, work / "model.fp16.onnx"), spec.to_json(), batch,
+                           s.score_threshold, s.iou_threshold)
+        log(f"[fp16] accuracy gate on {report.images} images: {report.matched} detections matched, worst IoU "
+            f"{report.worst_iou:.3f}, worst score change {report.worst_score_delta:.3f} ({time.perf_counter() - t:.1f}s)")
+        if not report.ok:
+            raise PlanError("FP16 changes the detections beyond tolerance (IoU >= 0.9, score within 0.05): "
+                            + "; ".join(report.problems[:5]) + " -- use --fp32")
+    if opts.plan_builder == "docker":
+        written = render_docker_build(staging, spec, s, opts.plan, opts.ngc_tag)
+        log(f"[plan] TensorRT is built on the serving host: run {written[0].name} there (NGC {opts.ngc_tag}), "
+            "then `docker compose up`")
+        return
+    build_plan(onnx_path, onnx_path.with_name("model.plan"), s, log, opts.plan)
+    onnx_path.unlink()
 
 
 def rerender(repository: Path, **changes) -> RepositorySettings:

@@ -1,24 +1,268 @@
-"""TensorRT plan stage (`--target tensorrt`).
+"""TensorRT plan stage (`--target tensorrt`): ONNX -> model.plan with the TensorRT 10/11 Python API.
 
-TensorRT cannot be installed on this project's machines, and the plan builder is still open
-work (the TensorRT issue): this module only refuses clearly, before any slow stage runs.
+Entry points:
+- `build_plan(onnx, plan, repo_settings, log, ...)`: builds in this process where `import tensorrt`
+  and a GPU exist (one optimization profile matched to the Triton config, a timing cache kept
+  between builds, FP16 gated on accuracy) and writes `plan.json` metadata beside the plan.
+- `render_docker_build(repository, ...)`: where TensorRT is absent (as on this project's machines),
+  writes `build_plan.sh`, `Dockerfile` and `docker-compose.yml` that build the plan with `trtexec`
+  inside the NGC Triton image that will serve it, and serve it there.
+- `check_plan(plan_dir, ...)`: refuses a plan built by another TensorRT version or GPU.
+
+A plan is specific to the TensorRT version and GPU that built it: build it with the TensorRT of the
+serving Triton image (NGC `nvcr.io/nvidia/tritonserver:<yy.mm>-py3`; 24.10 is Triton 2.51, the
+embedded server's version, and carries TensorRT 10.5).
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .spec import INPUT_NAME
+
+DEFAULT_NGC_TAG = "24.10-py3"  # Triton 2.51 = the embedded server; its TensorRT builds the plan
+TIMING_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "tensorrt-timing.cache"
 
 
 class PlanError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    fp16: bool = True
+    workspace_mib: int = 2048
+    opt_batch: int | None = None  # default: the max batch (the dynamic batcher fills batches under load)
+    timing_cache: Path = TIMING_CACHE
+
+
+def profile_shapes(height: int, width: int, max_batch: int, opt_batch: int | None = None) -> dict[str, tuple]:
+    """The one optimization profile: batch 1..max_batch_size, so the config can never exceed the plan."""
+    opt = opt_batch or max_batch
+    if not 1 <= opt <= max_batch:
+        raise PlanError(f"optimization batch {opt} outside 1..{max_batch}")
+    return {k: (b, height, width, 3) for k, b in (("min", 1), ("opt", opt), ("max", max_batch))}
+
+
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def gpu_identity() -> dict[str, str]:
+    """Name and compute capability of GPU 0 (nvidia-smi ships with the driver)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise PlanError(f"no NVIDIA GPU found (nvidia-smi: {e})") from e
+    if out.returncode != 0 or "," not in out.stdout:
+        raise PlanError(f"no NVIDIA GPU found (nvidia-smi: {out.stderr.strip() or out.stdout.strip()})")
+    name, cc = (v.strip() for v in out.stdout.strip().splitlines()[0].split(",", 1))
+    return {"gpu": name, "compute_capability": cc}
+
+
 def check_tensorrt_available() -> None:
-    if importlib.util.find_spec("tensorrt") is None:
-        raise PlanError("--target tensorrt needs the TensorRT Python package (import tensorrt failed); "
-                        "use --target python or onnxruntime")
-    raise PlanError("--target tensorrt: the TensorRT plan builder is not implemented yet; "
-                    "use --target onnxruntime (Triton's ONNX Runtime backend) or python")
+    if not tensorrt_available():
+        raise PlanError("--target tensorrt needs the TensorRT Python package (import tensorrt failed) and a GPU; "
+                        "add --plan-builder docker to build the plan inside the NGC Triton image instead")
+    gpu_identity()
 
 
-def build_plan(onnx_path, plan_path, settings, log) -> None:
-    check_tensorrt_available()
+def to_fp16(onnx_path: Path, out_path: Path) -> Path:
+    """FP16 weights and math, FP32 inputs/outputs (what TensorRT 11's strongly typed networks take)."""
+    import warnings
+
+    import onnx
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():  # it warns once per tiny weight it rounds to fp16's smallest value
+        warnings.simplefilter("ignore")
+        model = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+@dataclass
+class GateReport:
+    images: int
+    matched: int
+    worst_iou: float
+    worst_score_delta: float
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_threshold: float = 0.25,
+              iou_threshold: float = 0.45, max_score_delta: float = 0.05, min_iou: float = 0.9) -> GateReport:
+    """Compare FP16 and FP32 detections on real images (ONNX Runtime runs both here, CPU or GPU).
+
+    Every detection scoring at least `score_threshold + max_score_delta` in either model must be found
+    in the other: same class, IoU >= min_iou, score within max_score_delta. Detections nearer the
+    threshold may legitimately cross it and are not required to match.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from .detections import Decoder
+
+    decoder = Decoder(json.loads(spec_json))
+    meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(batch), 1))
+    results = []
+    for path in (fp32_onnx, fp16_onnx):
+        sess = ort.InferenceSession(str(path), providers=ort.get_available_providers())
+        outs = dict(zip(decoder.output_names, sess.run(decoder.output_names, {INPUT_NAME: batch})))
+        results.append(decoder(outs, meta, score_threshold, iou_threshold, 100))
+    (n32, b32, s32, c32), (n16, b16, s16, c16) = results
+    problems, matched, worst_iou, worst_delta = [], 0, 1.0, 0.0
+    strong = score_threshold + max_score_delta
+    for i in range(len(batch)):
+        for (na, ba, sa, ca), (nb, bb, sb, cb), label in (((n32, b32, s32, c32), (n16, b16, s16, c16), "fp32"),
+                                                        ((n16, b16, s16, c16), (n32, b32, s32, c32), "fp16")):
+            for j in range(na[i, 0]):
+                if sa[i, j] < strong:
+                    continue
+                cand = [k for k in range(nb[i, 0]) if cb[i, k] == ca[i, j]]
+                ious = [_iou(ba[i, j], bb[i, k]) for k in cand]
+                if not ious or max(ious) < min_iou:
+                    problems.append(f"image {i}: {label} class {ca[i, j]} score {sa[i, j]:.3f} has no counterpart")
+                    continue
+                k = cand[int(np.argmax(ious))]
+                delta = abs(float(sa[i, j] - sb[i, k]))
+                worst_iou, worst_delta = min(worst_iou, max(ious)), max(worst_delta, delta)
+                matched += label == "fp32"
+                if delta > max_score_delta:
+                    problems.append(f"image {i}: class {ca[i, j]} score {sa[i, j]:.3f} vs {sb[i, k]:.3f} in the other")
+    return GateReport(len(batch), matched, worst_iou, worst_delta, problems)
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def build_plan(onnx_path: Path, plan_path: Path, settings, log=print, options: PlanOptions = PlanOptions(),
+               trt=None) -> dict:
+    """Build `plan_path` from `onnx_path` with the TensorRT Python API; returns the metadata written beside it.
+
+    `trt` is the tensorrt module (tests pass a clearly named fake to check argument plumbing only).
+    """
+    import onnx
+
+    trt = trt or importlib.import_module("tensorrt")
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise PlanError(f"TensorRT {trt.__version__} is too old: this builder uses the TensorRT 10/11 API")
+    graph_input = onnx.load(str(onnx_path), load_external_data=False).graph.input[0]
+    dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    shapes = profile_shapes(dims[1], dims[2], settings.max_batch_size, options.opt_batch)
+    source = onnx_path
+    flags = 0  # TensorRT 10 deprecates EXPLICIT_BATCH (always on); 11 removes it
+    if options.fp16 and major >= 11:
+        # TensorRT 11 dropped the precision builder flags (strong typing): the precision is the ONNX's.
+        source = to_fp16(onnx_path, plan_path.with_name("model.fp16.onnx"))
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise PlanError(f"TensorRT could not parse {source.name}:\n  " + "\n  ".join(errors or ["(no parser message)"]))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    if options.fp16 and major < 11:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    cache_file = Path(options.timing_cache)
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"[plan] building with TensorRT {trt.__version__} ({'fp16' if options.fp16 else 'fp32'}, batch "
+        f"{shapes['min'][0]}/{shapes['opt'][0]}/{shapes['max'][0]}, workspace {options.workspace_mib} MiB)")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise PlanError("TensorRT's builder returned no engine (its log above says why)")
+    plan_path.write_bytes(bytes(memoryview(serialized)))
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    meta = {"tensorrt_version": str(trt.__version__), **gpu_identity(), "precision": "fp16" if options.fp16 else "fp32",
+            "profile": {k: list(v) for k, v in shapes.items()}, "onnx_sha256": _sha256(onnx_path),
+            "options": {k: str(v) for k, v in asdict(options).items()}}
+    (plan_path.parent / "plan.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def check_plan(plan_dir: Path, tensorrt_version: str | None = None, gpu: dict | None = None) -> dict:
+    """Refuse a plan whose builder differs from the TensorRT/GPU given (default: this machine's)."""
+    meta_path = Path(plan_dir) / "plan.json"
+    if not meta_path.is_file():
+        raise PlanError(f"{meta_path} is missing: cannot tell which TensorRT and GPU built this plan; rebuild it")
+    meta = json.loads(meta_path.read_text())
+    if tensorrt_version is None:
+        tensorrt_version = str(importlib.import_module("tensorrt").__version__)
+    gpu = gpu or gpu_identity()
+    problems = []
+    if meta["tensorrt_version"] != tensorrt_version:
+        problems.append(f"built by TensorRT {meta['tensorrt_version']}, this is {tensorrt_version}")
+    if (meta["gpu"], meta["compute_capability"]) != (gpu["gpu"], gpu["compute_capability"]):
+        problems.append(f"built on {meta['gpu']} (sm {meta['compute_capability']}), this is {gpu['gpu']} "
+                        f"(sm {gpu['compute_capability']})")
+    if problems:
+        raise PlanError(f"{plan_dir / 'model.plan'}: " + "; ".join(problems) + ": rebuild the plan where it is served")
+    return meta
+
+
+def trtexec_command(model_dir: str, height: int, width: int, max_batch: int, options: PlanOptions = PlanOptions(),
+                    trtexec: str = "/usr/src/tensorrt/bin/trtexec") -> list[str]:
+    """trtexec's equivalent of build_plan, for the NGC image (paths as seen inside the container)."""
+    shapes = profile_shapes(height, width, max_batch, options.opt_batch)
+    fmt = lambda s: "x".join(str(v) for v in s)
+    cmd = [trtexec, f"--onnx={model_dir}/model.onnx", f"--saveEngine={model_dir}/model.plan",
+           f"--minShapes={INPUT_NAME}:{fmt(shapes['min'])}", f"--optShapes={INPUT_NAME}:{fmt(shapes['opt'])}",
+           f"--maxShapes={INPUT_NAME}:{fmt(shapes['max'])}", f"--memPoolSize=workspace:{options.workspace_mib}M",
+           "--timingCacheFile=/models/.tensorrt-timing.cache"]
+    if options.fp16:
+        cmd.append("--fp16")
+    return cmd
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def render_docker_build(repository: Path, spec, settings, options: PlanOptions = PlanOptions(),
+                        tag: str = DEFAULT_NGC_TAG) -> list[Path]:
+    """Write build_plan.sh, Dockerfile and docker-compose.yml into the repository root."""
+    from .repository import _env
+
+    command = trtexec_command(f"/models/{settings.detector}/1", spec.input_height, spec.input_width,
+                              settings.max_batch_size, options)
+    shapes = profile_shapes(spec.input_height, spec.input_width, settings.max_batch_size, options.opt_batch)
+    ctx = {"detector": settings.detector, "name": settings.name, "tag": tag, "command": command,
+           "precision": "fp16" if options.fp16 else "fp32",
+           "profile": json.dumps({k: list(v) for k, v in shapes.items()})}
+    written = []
+    for template, name, mode in (("build_plan.sh.j2", "build_plan.sh", 0o755), ("Dockerfile.j2", "Dockerfile", 0o644),
+                                 ("docker-compose.yml.j2", "docker-compose.yml", 0o644)):
+        path = Path(repository) / name
+        path.write_text(_env().get_template(f"tensorrt/{template}").render(**ctx))
+        path.chmod(mode)
+        written.append(path)
+    return written

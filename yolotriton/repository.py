@@ -55,6 +55,7 @@ class ModelConfig:
     max_queue_delay_us: int = 0
     parameters: dict[str, str] = field(default_factory=dict)
     warmup: bool = False
+    trt_accelerator: int = 0  # > 0: ONNX Runtime's TensorRT execution accelerator, FP16, this workspace (bytes)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class RepositorySettings:
     ort_threads: int = 1  # per detector instance: 2 instances x 1 thread beat 1 x 2 on 2 cores
     max_queue_delay_us: int = 0
     instance_kind: str = "KIND_CPU"
+    trt_accelerator: bool = False  # onnxruntime target: Triton's TensorRT execution accelerator (FP16), GPU instances
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -90,6 +92,8 @@ class RepositorySettings:
                 raise RepositoryError(f"{k} must be at least 1, got {getattr(self, k)}")
         if not (0 <= self.score_threshold <= 1 and 0 <= self.iou_threshold <= 1):
             raise RepositoryError("thresholds must lie in [0, 1]")
+        if self.trt_accelerator and self.target != "onnxruntime":
+            raise RepositoryError("the TensorRT execution accelerator is an option of --target onnxruntime")
 
     @property
     def preprocess(self) -> str:
@@ -140,14 +144,16 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         outputs=[net_in, meta], instances=s.preprocess_instances, instance_kind="KIND_CPU",
         parameters={"input_width": str(w), "input_height": str(h), "resize_mode": s.resize_mode,
                     "max_pixels": str(s.max_pixels), "max_bytes": str(s.max_bytes)})
+    on_gpu = s.target == "tensorrt" or s.trt_accelerator
     det_common = dict(name=s.detector, inputs=[net_in], outputs=det_outs, max_batch_size=s.max_batch_size,
-                      instances=s.detector_instances, instance_kind=s.instance_kind,
+                      instances=s.detector_instances, instance_kind="KIND_GPU" if on_gpu else s.instance_kind,
                       max_queue_delay_us=s.max_queue_delay_us, warmup=True)
     if s.target == "python":
         det = ModelConfig(backend="python", parameters={"intra_op_threads": str(s.ort_threads)}, **det_common)
     elif s.target == "onnxruntime":
         det = ModelConfig(platform="onnxruntime_onnx", default_model_filename="model.onnx",
-                          parameters={"intra_op_thread_count": str(s.ort_threads)}, **det_common)
+                          parameters={"intra_op_thread_count": str(s.ort_threads)},
+                          trt_accelerator=(2 << 30) if s.trt_accelerator else 0, **det_common)
     else:
         det = ModelConfig(platform="tensorrt_plan", default_model_filename="model.plan", **det_common)
     post = ModelConfig(
@@ -220,8 +226,12 @@ def _parse(path: Path):
     return cfg
 
 
-def validate_repository(root: Path) -> dict:
-    """Parse every config.pbtxt with Triton's protobuf and check each ensemble step's tensors exist and match."""
+def validate_repository(root: Path, allow_pending_plan: bool = False) -> dict:
+    """Parse every config.pbtxt with Triton's protobuf and check each ensemble step's tensors exist and match.
+
+    `allow_pending_plan`: a tensorrt_plan model may lack model.plan while model.onnx and the rendered
+    build_plan.sh that makes it are there (the plan is built on the serving host).
+    """
     from tritonclient.grpc import model_config_pb2
 
     configs = {p.parent.name: _parse(p) for p in sorted(root.glob("*/config.pbtxt"))}
@@ -238,7 +248,10 @@ def validate_repository(root: Path) -> dict:
             if cfg.backend == "python" and not (root / name / "1" / "model.py").is_file():
                 raise RepositoryError(f"{name}: python backend without 1/model.py")
             if cfg.default_model_filename and not (root / name / "1" / cfg.default_model_filename).is_file():
-                raise RepositoryError(f"{name}: missing 1/{cfg.default_model_filename}")
+                pending = (allow_pending_plan and cfg.platform == "tensorrt_plan" and (root / "build_plan.sh").is_file()
+                           and (root / name / "1" / "model.onnx").is_file())
+                if not pending:
+                    raise RepositoryError(f"{name}: missing 1/{cfg.default_model_filename}")
             continue
         # Ensemble: walk the steps; every tensor read must come from the ensemble input or an earlier step.
         avail = {t.name: (dtype(t.data_type), list(t.dims)) for t in cfg.input}

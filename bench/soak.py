@@ -227,7 +227,9 @@ def stub_kill_phase(server, blobs, log) -> dict:
             outcomes[type(e).__name__] += 1
             examples.setdefault(type(e).__name__, str(e)[:160])
     after = stub_pids(server.process.pid)
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
     return {"victim": (victim, stubs.get(victim)), "outcomes": outcomes, "examples": examples,
+            "model_ready": {m: raw.is_model_ready(m) for m in ("yolov4", "yolov4_detector")},
             "server_alive": server.process.poll() is None and server.ready(),
             "detector_stubs_after": sorted(m for m in after.values() if "detector" in m)}
 
@@ -291,6 +293,7 @@ def main():
         k = stub_kill_phase(server, blobs, log)
         log(f"| stub-kill phase | value |\n|---|---|\n| killed | pid {k['victim'][0]} ({k['victim'][1]}) |\n"
             f"| outcomes | {dict(k['outcomes'])} |\n| server alive and ready after | {k['server_alive']} |\n"
+            f"| model ready after (Triton's view) | {k['model_ready']} |\n"
             f"| detector stubs after | {k['detector_stubs_after']} |")
         for name, msg in k["examples"].items():
             log(f"  {name}: {msg}")

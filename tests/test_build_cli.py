@@ -66,6 +66,7 @@ def test_failed_parity_gate_keeps_previous_repository(capsys, existing_repo, mon
 def test_successful_build_replaces_repository(existing_repo, capsys):
     assert build_repo.main(["--output", str(existing_repo), "--name", "tiny", "--resize", "letterbox"]) == 0
     names = sorted(p.name for p in existing_repo.iterdir())
-    assert names == ["README.md", "tiny", "tiny_detector", "tiny_postprocess", "tiny_preprocess", "tiny_raw"]
+    assert names == ["README.md", "settings.json", "tiny", "tiny_detector", "tiny_postprocess", "tiny_preprocess",
+                     "tiny_raw"]
     assert 'string_value: "letterbox"' in (existing_repo / "tiny_preprocess" / "config.pbtxt").read_text()
     assert not [p for p in existing_repo.parent.iterdir() if p.name.startswith(".")]

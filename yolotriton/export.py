@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 from .importer import ImportedDetector
 from .spec import INPUT_NAME
 
-PARITY_RTOL = 1e-4  # max|diff| <= 1e-4 * max(1, max|keras|), per output
+PARITY_RTOL = 1e-4
+TF2ONNX_PHASES = ("Using opset", "Optimizing ONNX model", "After optimization", "Successfully converted")  # max|diff| <= 1e-4 * max(1, max|keras|), per output
 
 
 class ExportError(RuntimeError):
@@ -55,16 +57,35 @@ def save_savedmodel(det: ImportedDetector, path: Path) -> None:
 
 
 def convert_savedmodel(saved: Path, onnx_path: Path, opset: int, log) -> None:
-    """tf2onnx's documented command line, in a child process (its TF graph stays out of ours)."""
+    """tf2onnx's documented command line, in a child process (its TF graph stays out of ours).
+
+    Its phase lines are passed through, and a heartbeat every 20 s shows a long conversion is alive
+    (the full YOLOv4 takes about two minutes here).
+    """
     cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved), "--output", str(onnx_path),
            "--opset", str(opset), "--signature_def", "serving_default"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    start, done = time.perf_counter(), threading.Event()
+
+    def heartbeat():
+        while not done.wait(20):
+            log(f"  tf2onnx: still converting ({time.perf_counter() - start:.0f}s)")
+
+    threading.Thread(target=heartbeat, daemon=True).start()
     tail: list[str] = []
-    for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-30:]
-        if "tf2onnx" in line and ("Using opset" in line or "optimizing" in line.lower() or "Successfully" in line):
-            log(f"  tf2onnx: {line.split(' - ')[-1].strip()}")
-    if proc.wait() != 0:
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-30:]
+            msg = line.split(" - INFO - ", 1)[-1].strip() if " - INFO - " in line else ""
+            if msg.startswith(TF2ONNX_PHASES):
+                log(f"  tf2onnx: {msg[:120]} ({time.perf_counter() - start:.0f}s)")
+        code = proc.wait()
+    finally:
+        done.set()
+        if proc.poll() is None:  # interrupted: do not leave the converter running
+            proc.kill()
+            proc.wait()
+    if code != 0:
         raise ExportError("tf2onnx failed:\n" + "\n".join(tail))
 
 

@@ -54,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--detector-instances", type=int, default=2)
     out.add_argument("--postprocess-instances", type=int, default=1)
     out.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads per detector instance")
+    out.add_argument("--detector-device", choices=("cpu", "gpu"), default="cpu",
+                     help="python target: gpu = ONNX Runtime's CUDA execution provider in KIND_GPU instances")
+    out.add_argument("--detector-precision", choices=("fp32", "fp16"), default="fp32",
+                     help="python target: fp16 serves an FP16 ONNX (FP32 I/O), accepted only past the accuracy gate")
     out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")
     trt = p.add_argument_group("TensorRT (--target tensorrt; --trt-accelerator for --target onnxruntime)")
     trt.add_argument("--plan-builder", choices=("local", "docker"), default="local",
@@ -90,7 +94,8 @@ def main(argv=None) -> int:
             iou_threshold=args.iou_threshold, resize_mode=args.resize, max_pixels=args.max_pixels,
             max_bytes=args.max_bytes, preprocess_instances=args.preprocess_instances,
             detector_instances=args.detector_instances, postprocess_instances=args.postprocess_instances,
-            ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator)
+            ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
+            detector_device=args.detector_device, detector_precision=args.detector_precision)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "box_format": args.box_format, "normalized": args.normalized_boxes,
                   "has_objectness": args.has_objectness, "input_size": args.input_size}

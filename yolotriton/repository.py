@@ -78,6 +78,8 @@ class RepositorySettings:
     max_queue_delay_us: int = 0
     instance_kind: str = "KIND_CPU"
     trt_accelerator: bool = False  # onnxruntime target: Triton's TensorRT execution accelerator (FP16), GPU instances
+    detector_device: str = "cpu"  # python target: "gpu" runs ONNX Runtime's CUDA execution provider in GPU instances
+    detector_precision: str = "fp32"  # python target: "fp16" serves model.fp16.onnx (FP16 math, FP32 I/O), gated
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -94,6 +96,10 @@ class RepositorySettings:
             raise RepositoryError("thresholds must lie in [0, 1]")
         if self.trt_accelerator and self.target != "onnxruntime":
             raise RepositoryError("the TensorRT execution accelerator is an option of --target onnxruntime")
+        if self.detector_device not in ("cpu", "gpu") or self.detector_precision not in ("fp32", "fp16"):
+            raise RepositoryError("detector device is cpu|gpu and precision fp32|fp16")
+        if (self.detector_device, self.detector_precision) != ("cpu", "fp32") and self.target != "python":
+            raise RepositoryError("--detector-device/--detector-precision are options of --target python")
 
     @property
     def preprocess(self) -> str:
@@ -144,12 +150,15 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         outputs=[net_in, meta], instances=s.preprocess_instances, instance_kind="KIND_CPU",
         parameters={"input_width": str(w), "input_height": str(h), "resize_mode": s.resize_mode,
                     "max_pixels": str(s.max_pixels), "max_bytes": str(s.max_bytes)})
-    on_gpu = s.target == "tensorrt" or s.trt_accelerator
+    on_gpu = s.target == "tensorrt" or s.trt_accelerator or s.detector_device == "gpu"
     det_common = dict(name=s.detector, inputs=[net_in], outputs=det_outs, max_batch_size=s.max_batch_size,
                       instances=s.detector_instances, instance_kind="KIND_GPU" if on_gpu else s.instance_kind,
                       max_queue_delay_us=s.max_queue_delay_us, warmup=True)
     if s.target == "python":
-        det = ModelConfig(backend="python", parameters={"intra_op_threads": str(s.ort_threads)}, **det_common)
+        providers = "CUDAExecutionProvider,CPUExecutionProvider" if s.detector_device == "gpu" else "CPUExecutionProvider"
+        det = ModelConfig(backend="python", parameters={
+            "intra_op_threads": str(s.ort_threads), "execution_providers": providers,
+            "model_file": "model.fp16.onnx" if s.detector_precision == "fp16" else "model.onnx"}, **det_common)
     elif s.target == "onnxruntime":
         det = ModelConfig(platform="onnxruntime_onnx", default_model_filename="model.onnx",
                           parameters={"intra_op_thread_count": str(s.ort_threads)},
@@ -247,6 +256,9 @@ def validate_repository(root: Path, allow_pending_plan: bool = False) -> dict:
         if cfg.platform != "ensemble":
             if cfg.backend == "python" and not (root / name / "1" / "model.py").is_file():
                 raise RepositoryError(f"{name}: python backend without 1/model.py")
+            model_file = cfg.parameters["model_file"].string_value if "model_file" in cfg.parameters else ""
+            if model_file and not (root / name / "1" / model_file).is_file():
+                raise RepositoryError(f"{name}: parameter model_file names 1/{model_file}, which is missing")
             if cfg.default_model_filename and not (root / name / "1" / cfg.default_model_filename).is_file():
                 pending = (allow_pending_plan and cfg.platform == "tensorrt_plan" and (root / "build_plan.sh").is_file()
                            and (root / name / "1" / "model.onnx").is_file())

@@ -29,7 +29,7 @@ class LocalPipeline:
 
         configs = validate_repository(Path(repository))
         params = lambda model: {k: v.string_value for k, v in configs[model].parameters.items()}
-        pre, post = params(f"{name}_preprocess"), params(f"{name}_postprocess")
+        pre, post, det = params(f"{name}_preprocess"), params(f"{name}_postprocess"), params(f"{name}_detector")
         self.width, self.height = int(pre["input_width"]), int(pre["input_height"])
         self.mode, self.max_pixels = pre["resize_mode"], int(pre["max_pixels"])
         self.score_threshold, self.iou_threshold = float(post["score_threshold"]), float(post["iou_threshold"])
@@ -38,7 +38,8 @@ class LocalPipeline:
         self.decoder = Decoder(json.loads(spec_path.read_text()))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(Path(repository) / f"{name}_detector" / "1" / "model.onnx"), opts,
+        model_file = det.get("model_file", "model.onnx")  # the gated FP16 ONNX where the build chose it
+        self.session = ort.InferenceSession(str(Path(repository) / f"{name}_detector" / "1" / model_file), opts,
                                             providers=["CPUExecutionProvider"])
 
     def preprocess(self, encoded: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (Python 3.12, no network): a venv from carried cp312 wheels, then the GPU
-# benchmark against repositories built on the CPU machine. Usage: scripts/gpu_host.sh WHEEL_DIRS... -- BENCH_ARGS
+# On the lent GPU machine (Python 3.12, no network): a venv from carried cp312 wheels, then COMMAND in it.
+#   scripts/gpu_host.sh WHEEL_DIR... -- COMMAND...      e.g.  -- python bench/gpu.py --repo R --photos P --out O
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dirs=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do dirs+=("$1"); shift; done; shift || true
@@ -11,5 +11,6 @@ whl=(); for d in "${dirs[@]}"; do whl+=("$d"/*.whl); done
 "$BASE_PY" -m pip --python .venv-gpu/bin/python install -q --no-index --no-deps "${whl[@]}"
 # ONNX Runtime's CUDA provider needs CUDA 13 / cuDNN 9: the image has them as torch's nvidia wheels.
 export LD_LIBRARY_PATH="$(ls -d "$("$BASE_PY" -c 'import site; print(site.getsitepackages()[0])')"/nvidia/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}"
-.venv-gpu/bin/python -c 'import numpy, onnxruntime as o; print("numpy", numpy.__version__, "ort", o.__version__, o.get_available_providers())'
-PYTHONPATH="$PWD" .venv-gpu/bin/python bench/gpu.py "$@"
+export PATH="$PWD/.venv-gpu/bin:$PATH" PYTHONPATH="$PWD"
+python -c 'import numpy, onnxruntime as o; print("numpy", numpy.__version__, "ort", o.__version__, o.get_available_providers())'
+exec "$@"

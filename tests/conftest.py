@@ -43,7 +43,13 @@ def tiny_detector(default_model):
 
 @pytest.fixture(scope="session")
 def built_repo(tmp_path_factory, default_model) -> Path:
-    """The default build (README command 1's job) into a temporary folder, through build_repo.py's main()."""
+    """The default build (README command 1's job) into a temporary folder, through build_repo.py's main().
+
+    YOLOTRITON_TEST_REPO=PATH uses a repository built elsewhere instead: the GPU host has no TensorFlow,
+    so its end-to-end run serves a repository built here with --detector-device gpu.
+    """
+    if os.environ.get("YOLOTRITON_TEST_REPO"):
+        return Path(os.environ["YOLOTRITON_TEST_REPO"])
     import build_repo
 
     out = tmp_path_factory.mktemp("repo") / "model_repository"

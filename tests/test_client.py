@@ -20,8 +20,13 @@ from yolotriton.server import TritonServer, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def as_tuples(dets):
-    return [(d.class_id, d.label, round(d.score, 4), tuple(round(v, 2) for v in d.box)) for d in dets]
+# The same image in another batch may take other convolution algorithms (cuDNN picks per batch size,
+# with TF32 on GPUs): measured on an H100, scores moved by up to 1.6e-4 between batch 1 and a dynamic
+# batch. Equal means: same classes in the same order, scores within 2e-3, boxes within 0.5 px.
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(
+        x.class_id == y.class_id and x.label == y.label and abs(x.score - y.score) <= 2e-3
+        and max(abs(u - v) for u, v in zip(x.box, y.box)) <= 0.5 for x, y in zip(a, b))
 
 
 @pytest.fixture(scope="module")
@@ -63,21 +68,21 @@ def test_grpc_and_http_agree_for_paths_bytes_and_arrays(grpc_client, http_client
     photo = photos[1]
     rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
     for image in (photo, photo.read_bytes(), rgb):
-        assert as_tuples(grpc_client.detect(image)) == as_tuples(http_client.detect(image))
+        assert same(grpc_client.detect(image), http_client.detect(image))
 
 
 def test_batch_equals_single(grpc_client, photos):
     images = [p for p in photos] + [photos[0]] * 3  # 11 images: more than one max_batch_size request
     batch = grpc_client.detect_batch(images)
-    assert [as_tuples(b) for b in batch] == [as_tuples(grpc_client.detect(p)) for p in images]
+    assert all(same(b, grpc_client.detect(p)) for b, p in zip(batch, images)) and len(batch) == len(images)
 
 
 def test_async_equals_sync_and_streams_with_bounded_concurrency(server, grpc_client, photos):
-    expected = [as_tuples(grpc_client.detect(p)) for p in photos]
+    expected = [grpc_client.detect(p) for p in photos]
 
     async def run(protocol, url):
         async with AsyncYoloClient(url, protocol=protocol) as c:
-            single = [as_tuples(await c.detect(p)) for p in photos]
+            single = [await c.detect(p) for p in photos]
             streamed = {}
             images = list(photos) + [b"not an image"]
             async for i, r in c.stream(images, concurrency=3):
@@ -86,9 +91,9 @@ def test_async_equals_sync_and_streams_with_bounded_concurrency(server, grpc_cli
 
     for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
         single, streamed = asyncio.run(run(protocol, url))
-        assert single == expected
+        assert all(same(a, b) for a, b in zip(single, expected))
         assert sorted(streamed) == list(range(len(photos) + 1))
-        assert [as_tuples(streamed[i]) for i in range(len(photos))] == expected
+        assert all(same(streamed[i], expected[i]) for i in range(len(photos)))
         assert isinstance(streamed[len(photos)], BadImage)
 
 
@@ -138,7 +143,7 @@ def test_large_arrays_use_shared_memory_with_the_same_result(server):
     with YoloClient(server.grpc_url) as shm_client, YoloClient(server.grpc_url, shared_memory="never") as plain:
         a = shm_client.detect(big)
         assert shm_client._shm is not None, "the shared-memory path was not taken"
-        assert as_tuples(a) == as_tuples(plain.detect(big)) and len(a) > 0
+        assert same(a, plain.detect(big)) and len(a) > 0
         status = grpcclient.InferenceServerClient(server.grpc_url).get_system_shared_memory_status(as_json=True)
         assert any(r["name"] == shm_client._shm[1] for r in status.get("regions", {}).values())
     assert shm_client._shm is None  # released on close

@@ -30,6 +30,15 @@ def infer_bytes(client, module, blobs, params=None, model="yolov4"):
     return {k: res.as_numpy(k) for k in OUTPUTS}
 
 
+def assert_same(a: dict, b: dict, context=""):
+    """Same count and classes; scores within 2e-3 and boxes within 0.5 px. Another batch may take other
+    convolution algorithms (cuDNN, TF32 on GPUs): on an H100 scores moved by up to 1.6e-4."""
+    np.testing.assert_array_equal(a["num_detections"], b["num_detections"], err_msg=context)
+    np.testing.assert_array_equal(a["classes"], b["classes"], err_msg=context)
+    np.testing.assert_allclose(a["scores"], b["scores"], atol=2e-3, err_msg=context)
+    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=0.5, err_msg=context)
+
+
 def detections(res, i=0):
     n = int(res["num_detections"][i, 0])
     return res["boxes"][i, :n], res["scores"][i, :n], res["classes"][i, :n]
@@ -61,8 +70,7 @@ def test_batch_and_concurrency_give_the_same_answers(grpc, server, photos):
     single = [infer_bytes(grpc, grpcclient, [b]) for b in blobs]
     batch = infer_bytes(grpc, grpcclient, blobs)
     for i, s in enumerate(single):
-        for k in OUTPUTS:
-            np.testing.assert_allclose(batch[k][i], s[k][0], atol=1e-4, err_msg=k)
+        assert_same({k: batch[k][i:i + 1] for k in OUTPUTS}, s, f"image {i} in a batch")
 
     def one(i):
         c = grpcclient.InferenceServerClient(server.grpc_url)
@@ -70,8 +78,7 @@ def test_batch_and_concurrency_give_the_same_answers(grpc, server, photos):
 
     with ThreadPoolExecutor(8) as pool:
         for i, r in pool.map(one, range(24)):
-            for k in OUTPUTS:
-                np.testing.assert_allclose(r[k][0], single[i % len(blobs)][k][0], atol=1e-4, err_msg=k)
+            assert_same(r, single[i % len(blobs)], f"concurrent request {i}")
 
 
 def test_http_equals_grpc(grpc, http, photos):
@@ -88,8 +95,7 @@ def test_raw_image_entry_point(grpc, photos):
     inp.set_data_from_numpy(rgb)
     raw = grpc.infer("yolov4_raw", [inp])
     enc = infer_bytes(grpc, grpcclient, [blob])
-    for k in OUTPUTS:
-        np.testing.assert_allclose(raw.as_numpy(k), enc[k], atol=1e-4, err_msg=k)
+    assert_same({k: raw.as_numpy(k) for k in OUTPUTS}, enc, "raw entry vs encoded entry")
 
 
 def test_per_request_thresholds(grpc, photos):
@@ -153,7 +159,7 @@ def test_bad_requests_fail_alone_within_a_dynamic_batch(server, photos):
         for (data, message), result in pool.map(send, jobs):
             if message is None:
                 assert not isinstance(result, Exception), result
-                np.testing.assert_allclose(result[1], expected[1], atol=1e-4)
+                np.testing.assert_allclose(result[1], expected[1], atol=2e-3)  # scores; see assert_same
             else:
                 assert isinstance(result, InferenceServerException) and message in result.message()
 

@@ -89,6 +89,8 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--preprocess-instances", type=int, default=8)
+    ap.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the repository's gated model.fp16.onnx")
     args = ap.parse_args()
     import onnxruntime as ort
 
@@ -111,12 +113,14 @@ def main():
 
     # 16 CPU cores feed one GPU: more preprocess/postprocess instances than the 2-core defaults
     feed = dict(preprocess_instances=args.preprocess_instances, postprocess_instances=max(1, args.preprocess_instances // 4))
-    args.fp16_repo = variant("repo-gpu-fp16", **feed)
+    args.fp16_repo = variant("repo-gpu-fp16", **feed) if args.fp16 else None
     args.gpu_repo = variant("repo-gpu-fp32", detector_precision="fp32", **feed)
     args.cpu_repo = variant("repo-cpu-fp32", detector_precision="fp32", detector_device="cpu",
                             detector_instances=4, ort_threads=4, preprocess_instances=4)
     blobs = [p.read_bytes() for p in sorted(args.photos.glob("*.jpg"))]
-    x1 = images.preprocess_bytes(blobs[0], 416, 416)[0][None]
+    spec = json.loads((args.repo / "yolov4_postprocess" / "1" / "spec.json").read_text())
+    size = (spec["input_width"], spec["input_height"])
+    x1 = images.preprocess_bytes(blobs[0], *size)[0][None]
     x8 = np.repeat(x1, 8, axis=0)
     lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"ONNX Runtime {ort.__version__}, providers {ort.get_available_providers()}", ""]
@@ -124,7 +128,8 @@ def main():
 
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
-    lines += [f"GPU: {gpu}; {len(blobs)} photos; yolov4-tiny 416", "", "| path | images/s | p50 ms |", "|---|---|---|"]
+    heads = len(spec.get("heads") or ())
+    lines += [f"GPU: {gpu}; {len(blobs)} photos; {heads}-head model at {size[0]}x{size[1]} ({args.repo})", "", "| path | images/s | p50 ms |", "|---|---|---|"]
     onnx32 = args.gpu_repo / "yolov4_detector" / "1" / "model.onnx"
     rows = []
     for label, model, prov in (("in-process ORT CUDA fp32", onnx32, "CUDAExecutionProvider"),

@@ -97,17 +97,15 @@ def main():
     from yolotriton import images
 
     args.out.mkdir(parents=True, exist_ok=True)
-    import os
     import shutil
 
-    from yolotriton.build import WEIGHT_FILES, rerender
+    from yolotriton.build import copy_repository, rerender
 
     def variant(name, **changes):  # same weights (hard links), other configs
         dst = args.repo.parent / name
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(args.repo, dst, copy_function=lambda s, d: os.link(s, d) if Path(s).name in WEIGHT_FILES
-                        else shutil.copy2(s, d))
+        copy_repository(args.repo, dst)
         rerender(dst, **changes)
         return dst
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import perf_analyzer, perf_input_file, photos, tree_peak_rss_mb  # noqa: E402
 
-from yolotriton.build import WEIGHT_FILES, rerender  # noqa: E402
+from yolotriton.build import copy_repository, rerender  # noqa: E402
 from yolotriton.repository import read_settings  # noqa: E402
 from yolotriton.server import ServerError, TritonServer  # noqa: E402
 
@@ -43,8 +43,7 @@ def measure(repo: Path, settings: dict, images_json: Path, concurrency: int, int
     scratch = work / "candidate"
     if scratch.exists():
         shutil.rmtree(scratch)
-    link = lambda s, d: os.link(s, d) if Path(s).name in WEIGHT_FILES else shutil.copy2(s, d)
-    shutil.copytree(repo, scratch, copy_function=link)
+    copy_repository(repo, scratch)
     rerender(scratch, **settings)
     try:
         with TritonServer(scratch, log_path=work / "tritonserver.log") as server:

@@ -149,6 +149,12 @@ def _tensorrt_stage(opts: BuildOptions, spec, onnx_path: Path, batch, work: Path
     onnx_path.unlink()
 
 
+def copy_repository(src: Path, dst: Path) -> None:
+    """Copy a repository with its weights hard-linked (never rewritten) and every other file copied."""
+    link = lambda a, b: os.link(a, b) if Path(a).name in WEIGHT_FILES else shutil.copy2(a, b)
+    shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=link)
+
+
 def rerender(repository: Path, **changes) -> RepositorySettings:
     """Re-render an existing repository's configs with some settings changed (the model files stay).
 
@@ -161,9 +167,7 @@ def rerender(repository: Path, **changes) -> RepositorySettings:
     spec = DetectorSpec.from_json((repository / settings.postprocess / "1" / "spec.json").read_text())
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
     try:
-        # Weights are hard-linked (never rewritten); every other file is copied, since rendering rewrites them.
-        weights = lambda src, dst: os.link(src, dst) if Path(src).name in WEIGHT_FILES else shutil.copy2(src, dst)
-        shutil.copytree(repository, staging, dirs_exist_ok=True, copy_function=weights)
+        copy_repository(repository, staging)  # rendering rewrites configs and code, never the weights
         render_repository(staging, spec, settings)
         validate_repository(staging)
         staging.chmod(0o755)

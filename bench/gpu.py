@@ -57,7 +57,7 @@ def served(repo: Path, blobs: list[bytes], concurrency: int, seconds: float, log
         answers = [one(b) for b in blobs]  # also warms up
         results = {}
         for conc in concurrency:
-            lat, n, deadline = [], 0, time.monotonic() + seconds
+            lat, deadline = [], time.monotonic() + seconds
 
             def worker(w):
                 client = grpcclient.InferenceServerClient(server.grpc_url)

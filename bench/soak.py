@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import signal
-import statistics
 import sys
 import threading
 import time

@@ -50,7 +50,7 @@ def main():
     rows = []
     rows.append((f"preprocess {w}x{h} JPEG -> 416x416 (decode, resize, RGB float)",
                  *timeit(lambda: images.preprocess_bytes(data, 416, 416, "stretch", out=out), args.repeat)))
-    rows.append((f"  of which cv2.imdecode alone",
+    rows.append(("  of which cv2.imdecode alone",
                  *timeit(lambda: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB), args.repeat)))
     big_img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     big = cv2.imencode(".jpg", cv2.resize(big_img, (w * 4, h * 4), interpolation=cv2.INTER_CUBIC))[1].tobytes()

@@ -1,7 +1,6 @@
 """The benchmark tooling: perf_analyzer on the venv PATH with real JPEG input data, and re-rendering."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path

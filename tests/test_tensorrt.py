@@ -14,8 +14,7 @@ import build_repo
 from fake_tensorrt import FakeTensorRT
 from yolotriton import plan
 from yolotriton.build import load_parity_batch
-from yolotriton.plan import (PlanError, PlanOptions, build_plan, check_plan, fp16_gate, profile_shapes, to_fp16,
-                             trtexec_command)
+from yolotriton.plan import (PlanError, PlanOptions, build_plan, check_plan, fp16_gate, profile_shapes, to_fp16)
 from yolotriton.repository import RepositorySettings, validate_repository
 
 

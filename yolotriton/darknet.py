@@ -135,7 +135,6 @@ def build_graph(sections: list[Section], class_names: tuple[str, ...] = ()) -> D
     outputs: list = []  # output tensor of each layer, darknet indexing (net excluded)
     convs: list[ConvRecord] = []
     heads: list[tuple[Section, object]] = []
-    x = inp
 
     def resolve(idx: int, ref: int, s: Section) -> int:
         j = idx + ref if ref < 0 else ref

@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from reference import assert_same_detections, iou, opencv_detect, opencv_net
+from yolotriton import images
 from yolotriton.images import ImageError, image_size, preprocess_bytes
 from yolotriton.pipeline import LocalPipeline
 
@@ -82,3 +83,39 @@ def test_reduced_scale_decode_keeps_detections(pipeline, shared):
 
     for c in set(a.classes.tolist()):
         assert iou(a.boxes[a.classes == c][0], b.boxes[b.classes == c][0] / 4) > 0.9  # b is in 4x pixels
+
+
+def test_jpeg_decode_gives_opencvs_pixels(photos, shared):
+    """The preprocess decodes JPEGs with simplejpeg into a reused buffer; the pixels must be exactly
+    OpenCV's (the reference the detections are compared with), at full and at reduced scale."""
+    arrays = []
+    for p in photos:
+        data = p.read_bytes()
+        got, _ = images.decode(data, 416, 416)
+        assert np.array_equal(got, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)), p.name
+        arrays.append(got.copy())
+    # The buffer is reused: a later decode must not have been left with an earlier photo's pixels
+    again, _ = images.decode(photos[0].read_bytes(), 416, 416)
+    assert np.array_equal(again, arrays[0])
+
+    img = cv2.imread(str(shared / "dog.jpg"))
+    for factor, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4)):
+        big = cv2.imencode(".jpg", cv2.resize(img, (416 * factor + 8, 416 * factor + 8)))[1]
+        got, orig = images.decode(big.tobytes(), 416, 416)
+        assert orig == (416 * factor + 8, 416 * factor + 8)
+        assert np.array_equal(got, cv2.cvtColor(cv2.imdecode(big, flag), cv2.COLOR_BGR2RGB)), factor
+
+
+def test_jpeg_decode_of_grey_and_cmyk_photos(shared):
+    from PIL import Image
+    import io
+
+    photo = Image.open(shared / "dog.jpg")
+    for mode in ("L", "CMYK"):
+        buf = io.BytesIO()
+        photo.convert(mode).save(buf, "JPEG", quality=95)
+        data = buf.getvalue()
+        got, _ = images.decode(data, 416, 416)
+        want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+        assert got.shape == (576, 768, 3), mode
+        assert np.abs(got.astype(int) - want).max() <= 1, mode

@@ -222,6 +222,57 @@ def tree_peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def process_cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user+system) of tritonserver, each of its stubs (by model) and perf_analyzer."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        cpu = (int(stat[11]) + int(stat[12])) / tick
+        if int(pid) == server_pid:
+            name = "tritonserver (gRPC, ensemble scheduling)"
+        elif int(stat[1]) == server_pid and len(cmd) > 1:  # a stub: argv[1] is <repo>/<model>/<version>/model.py
+            name = Path(cmd[1].decode(errors="replace")).parent.parent.name + " (stubs)"
+        elif cmd[0].endswith(b"perf_analyzer"):
+            name = "perf_analyzer (load generator)"
+        else:
+            continue
+        out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+def cpu_breakdown(server, concurrency: int, images_json: Path, log) -> tuple[float, dict[str, float]]:
+    """Run the ensemble at `concurrency` for a while and split the CPU time per image by process."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url.split("://")[-1])
+
+    def served():
+        stats = client.get_inference_statistics("yolov4", as_json=True)["model_stats"][0]["inference_stats"]
+        return int(stats["success"].get("count", 0))
+
+    cmd = [str(ROOT / ".venv" / "bin" / "perf_analyzer"), "-m", "yolov4", "-u", server.grpc_url, "-i", "grpc",
+           "--input-data", str(images_json), "--concurrency-range", f"{concurrency}:{concurrency}",
+           "--measurement-interval", "10000", "--max-trials", "2", "--stability-percentage", "100"]
+    n0, before, t0 = served(), process_cpu_seconds(server.process.pid), time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = before
+    while proc.poll() is None:  # perf_analyzer's own CPU must be read before it exits
+        after = process_cpu_seconds(server.process.pid)
+        time.sleep(0.2)
+    after = {**process_cpu_seconds(server.process.pid),
+             **{k: v for k, v in after.items() if k.startswith("perf_analyzer")}}
+    n, seconds = served() - n0, time.perf_counter() - t0
+    per_image = {k: 1000 * (v - before.get(k, 0.0)) / max(n, 1) for k, v in after.items()}
+    log(f"  CPU per image at concurrency {concurrency} ({n} images, {n / seconds:.2f} img/s):")
+    for k, v in sorted(per_image.items(), key=lambda kv: -kv[1]):
+        log(f"    {k:<44} {v:7.2f} ms")
+    return n / seconds, per_image
+
+
 def plots(rows: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -279,6 +330,8 @@ def main():
         best = max(rows, key=lambda r: float(r["Inferences/Second"]))
         served["served ensemble"] = {"ips": float(best["Inferences/Second"]), "concurrency": int(best["Concurrency"]),
                                      "p50_ms": int(best["p50 latency"]) / 1000}
+        log(f"[bench] where the CPU goes, served ensemble at concurrency {served['served ensemble']['concurrency']}")
+        _, per_image = cpu_breakdown(server, served["served ensemble"]["concurrency"], tmp / "images.json", log)
         # The in-process TensorFlow paths get their input tensor for free; over gRPC a 2 MB FP32 tensor
         # per image costs both perf_analyzer and the server CPU on these same cores. System shared
         # memory hands the tensor over as the in-process calls do.
@@ -323,6 +376,10 @@ def main():
         top = (cap["served_ips"] if num == "served ensemble" else cap["detector_ips"]) / allres[den]["ips"]
         met = "yes" if r >= need else ("**no**" if top >= need else "**no** (above the ceiling)")
         lines.append(f"| {num} / {den} | {r:.2f} | ≥ {need} | {top:.2f} | {met} |")
+    lines += ["", f"CPU time per image in the served ensemble (concurrency {served['served ensemble']['concurrency']}, "
+              "all processes on these same cores, from /proc):", "", "| process | CPU ms per image |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in sorted(per_image.items(), key=lambda kv: -kv[1])]
+    lines += [f"| total | {sum(per_image.values()):.2f} |"]
     lines += ["", "Served ensemble by concurrency:", "", "| concurrency | images/s | p50 ms | p95 ms | p99 ms |",
               "|---|---|---|---|---|"]
     for r in rows:

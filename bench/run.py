@@ -244,7 +244,8 @@ def process_cpu_seconds(server_pid: int) -> dict[str, float]:
     return out
 
 
-def cpu_breakdown(server, concurrency: int, images_json: Path, log) -> tuple[float, dict[str, float]]:
+def cpu_breakdown(server, concurrency: int, images_json: Path, log,
+                  window_ms: int = 10000) -> tuple[float, dict[str, float]]:
     """Run the ensemble at `concurrency` for a while and split the CPU time per image by process."""
     import tritonclient.grpc as grpcclient
 
@@ -256,7 +257,7 @@ def cpu_breakdown(server, concurrency: int, images_json: Path, log) -> tuple[flo
 
     cmd = [str(ROOT / ".venv" / "bin" / "perf_analyzer"), "-m", "yolov4", "-u", server.grpc_url, "-i", "grpc",
            "--input-data", str(images_json), "--concurrency-range", f"{concurrency}:{concurrency}",
-           "--measurement-interval", "10000", "--max-trials", "2", "--stability-percentage", "100"]
+           "--measurement-interval", str(window_ms), "--max-trials", "2", "--stability-percentage", "100"]
     n0, before, t0 = served(), process_cpu_seconds(server.process.pid), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = before

@@ -27,6 +27,22 @@ def test_perf_analyzer_drives_the_ensemble_with_real_jpegs(server, photos, tmp_p
     # perf_analyzer counts errors as failures and exits non-zero; a wrong BYTES encoding would fail here
 
 
+def test_cpu_breakdown_accounts_for_every_process(server, photos, tmp_path):
+    """The benchmark's CPU-per-image table reads /proc: each model's stubs, tritonserver and perf_analyzer
+    must all be found, and the detector must dominate (it is ~90% of the work)."""
+    from run import cpu_breakdown, perf_input_file
+
+    images = tmp_path / "images.json"
+    perf_input_file([p.read_bytes() for p in photos[:3]], images)
+    ips, per_image = cpu_breakdown(server, 2, images, lambda *_: None, window_ms=2000)
+    assert ips > 0
+    names = {k.split(" ")[0] for k in per_image}
+    assert {"yolov4_preprocess", "yolov4_detector", "yolov4_postprocess", "tritonserver", "perf_analyzer"} <= names
+    assert all(v > 0 for v in per_image.values()), per_image
+    detector = next(v for k, v in per_image.items() if k.startswith("yolov4_detector"))
+    assert detector > 0.6 * sum(per_image.values()), per_image
+
+
 def test_rerender_changes_configs_keeps_weights(built_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(built_repo, repo)

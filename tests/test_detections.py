@@ -106,6 +106,18 @@ def test_jpeg_decode_gives_opencvs_pixels(photos, shared):
         assert np.array_equal(got, cv2.cvtColor(cv2.imdecode(big, flag), cv2.COLOR_BGR2RGB)), factor
 
 
+def test_jpeg_decode_without_simplejpeg_falls_back_to_opencv(photos, shared, monkeypatch):
+    """An environment without simplejpeg (a hand-made offline venv) decodes the same pixels via OpenCV."""
+    data = (shared / "dog.jpg").read_bytes()
+    big = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(shared / "dog.jpg")), (1700, 1300)))[1].tobytes()
+    want = [images.decode(d, 416, 416)[0].copy() for d in (data, big)]
+    monkeypatch.setattr(images, "simplejpeg", None)
+    got = [images.decode(d, 416, 416)[0] for d in (data, big)]
+    assert got[1].shape == (650, 850, 3)  # still decoded at 1/2 scale
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+
+
 def test_jpeg_decode_of_grey_and_cmyk_photos(shared):
     from PIL import Image
     import io

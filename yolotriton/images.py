@@ -8,7 +8,8 @@ Limits are checked from the file header, before any pixel is decoded: OpenCV's o
 
 JPEGs are decoded by libjpeg-turbo through simplejpeg into a buffer reused per thread: the same
 pixels as cv2.imdecode (tested), but a fresh 1.3 MB output array costs ~0.6 ms of page faults here,
-a fifth of the whole decode. PNG/BMP, and JPEGs simplejpeg refuses, go through OpenCV.
+a fifth of the whole decode. PNG/BMP, JPEGs simplejpeg refuses, and every JPEG where simplejpeg is
+not installed (e.g. a hand-made offline venv) go through OpenCV: same pixels, slower.
 """
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ import threading
 
 import cv2
 import numpy as np
-import simplejpeg
+
+try:
+    import simplejpeg
+except ImportError:  # the preprocess model logs this once at start-up
+    simplejpeg = None
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -95,23 +100,34 @@ def decode(data: bytes, net_w: int, net_h: int, max_pixels: int = DEFAULT_MAX_PI
         raise ImageError(f"image is {len(data):,} bytes, above the limit of {max_bytes:,} (max_bytes)")
     fmt, w, h = image_size(data)
     check_limits(w, h, max_pixels)
-    if fmt == "jpeg":
+    if fmt == "jpeg" and simplejpeg is not None:
         img = _decode_jpeg(data, w, h, net_w, net_h)
         if img is not None:
             return img, (w, h)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | _reduced_flag(fmt, w, h, net_w, net_h))
     if img is None:
         raise ImageError(f"cannot decode {fmt.upper()} image ({w}x{h}): corrupt data")
     return img, (w, h)
 
 
-def _decode_jpeg(data: bytes, w: int, h: int, net_w: int, net_h: int) -> np.ndarray | None:
-    """RGB uint8 view into this thread's reused buffer (valid until its next decode), or None
-    when libjpeg-turbo refuses the file here (OpenCV then gets its turn)."""
+def _scale_factor(w: int, h: int, net_w: int, net_h: int) -> int:
     # libjpeg scales in the DCT domain; 1/2, 1/4 and 1/8 have SIMD code and are far less work than a
     # full decode + resize. Only while the reduced image still covers the network input, so no
     # detail the network could use is lost (1/2 of a 768x576 photo for 416x416 changed detections).
-    factor = next((f for f in (8, 4, 2) if w // f >= net_w and h // f >= net_h), 1)
+    return next((f for f in (8, 4, 2) if w // f >= net_w and h // f >= net_h), 1)
+
+
+def _reduced_flag(fmt: str, w: int, h: int, net_w: int, net_h: int) -> int:
+    if fmt != "jpeg":
+        return 0
+    return {1: 0, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[_scale_factor(w, h, net_w, net_h)]
+
+
+def _decode_jpeg(data: bytes, w: int, h: int, net_w: int, net_h: int) -> np.ndarray | None:
+    """RGB uint8 view into this thread's reused buffer (valid until its next decode), or None
+    when libjpeg-turbo refuses the file here (OpenCV then gets its turn)."""
+    factor = _scale_factor(w, h, net_w, net_h)
     out_w, out_h = -(-w // factor), -(-h // factor)
     need = out_w * out_h * 3
     buf = None

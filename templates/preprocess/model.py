@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+import images
 from images import ImageError, preprocess_array, preprocess_bytes
 
 
@@ -19,6 +20,9 @@ class TritonPythonModel:
         self.mode = params["resize_mode"]
         self.max_pixels, self.max_bytes = int(params["max_pixels"]), int(params["max_bytes"])
         cv2.setNumThreads(1)  # one image per thread of the stub; leave the cores to the other instances
+        if images.simplejpeg is None:
+            pb_utils.Logger.log_warn("simplejpeg is not installed in the stub's environment: JPEGs are decoded "
+                                     "by OpenCV instead (same pixels, about 1 ms slower per photo)")
 
     def _one(self, request):
         encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE")

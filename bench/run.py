@@ -223,7 +223,7 @@ def tree_peak_rss_mb(pid: int) -> float:
 
 
 def process_cpu_seconds(server_pid: int) -> dict[str, float]:
-    """CPU seconds (user+system) of tritonserver, each of its stubs (by model) and perf_analyzer."""
+    """CPU seconds (user+system) of tritonserver and of each of its stubs (by model)."""
     tick, out = os.sysconf("SC_CLK_TCK"), {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -236,8 +236,6 @@ def process_cpu_seconds(server_pid: int) -> dict[str, float]:
             name = "tritonserver (gRPC, ensemble scheduling)"
         elif int(stat[1]) == server_pid and len(cmd) > 1:  # a stub: argv[1] is <repo>/<model>/<version>/model.py
             name = Path(cmd[1].decode(errors="replace")).parent.parent.name + " (stubs)"
-        elif cmd[0].endswith(b"perf_analyzer"):
-            name = "perf_analyzer (load generator)"
         else:
             continue
         out[name] = out.get(name, 0.0) + cpu
@@ -245,7 +243,7 @@ def process_cpu_seconds(server_pid: int) -> dict[str, float]:
 
 
 def cpu_breakdown(server, concurrency: int, images_json: Path, log,
-                  window_ms: int = 10000) -> tuple[float, dict[str, float]]:
+                  window_ms: int = 7000) -> tuple[float, dict[str, float]]:
     """Run the ensemble at `concurrency` for a while and split the CPU time per image by process."""
     import tritonclient.grpc as grpcclient
 
@@ -257,15 +255,17 @@ def cpu_breakdown(server, concurrency: int, images_json: Path, log,
 
     cmd = [str(ROOT / ".venv" / "bin" / "perf_analyzer"), "-m", "yolov4", "-u", server.grpc_url, "-i", "grpc",
            "--input-data", str(images_json), "--concurrency-range", f"{concurrency}:{concurrency}",
-           "--measurement-interval", str(window_ms), "--max-trials", "2", "--stability-percentage", "100"]
+           "--measurement-interval", str(window_ms), "--max-trials", "3", "--stability-percentage", "100"]
     n0, before, t0 = served(), process_cpu_seconds(server.process.pid), time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    after = before
-    while proc.poll() is None:  # perf_analyzer's own CPU must be read before it exits
-        after = process_cpu_seconds(server.process.pid)
-        time.sleep(0.2)
-    after = {**process_cpu_seconds(server.process.pid),
-             **{k: v for k, v in after.items() if k.startswith("perf_analyzer")}}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read()
+    # wait4 reaps perf_analyzer with its exact CPU usage (sampling /proc could miss a short run).
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    after = process_cpu_seconds(server.process.pid)
+    if proc.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed ({' '.join(cmd)}):\n{output.decode(errors='replace')[-3000:]}")
+    after["perf_analyzer (load generator)"] = usage.ru_utime + usage.ru_stime
     n, seconds = served() - n0, time.perf_counter() - t0
     per_image = {k: 1000 * (v - before.get(k, 0.0)) / max(n, 1) for k, v in after.items()}
     log(f"  CPU per image at concurrency {concurrency} ({n} images, {n / seconds:.2f} img/s):")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -54,7 +55,12 @@ def test_rendered_trtexec_script_and_compose(docker_repo):
     assert all(p.startswith("127.0.0.1:") for p in svc["ports"])
     assert svc["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in (docker_repo / "Dockerfile").read_text()
-    assert "numpy==1.26.4" in (docker_repo / "Dockerfile").read_text()
+    # The serving image gets what the pre/postprocess import, at this project's pinned versions
+    dockerfile = (docker_repo / "Dockerfile").read_text()
+    root = Path(__file__).resolve().parent.parent
+    pins = dict(line.split("==") for line in (root / "requirements.txt").read_text().splitlines() if "==" in line)
+    for package in ("numpy", "opencv-python-headless", "simplejpeg"):
+        assert f"{package}=={pins[package]}" in dockerfile, package
 
 
 def test_fp16_conversion_keeps_io_types_and_passes_the_gate(built_repo, tmp_path, photos):

@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from procs import cpu_seconds, status_kb, stub_pids, tree  # noqa: E402
+
 TARGETS = [  # (numerator, denominator, minimum ratio), from the benchmark issue
     ("served ensemble", "ORT detector alone b1", 1.0),
     ("served ensemble", "in-process pipeline (sequential)", 1.2),
@@ -192,10 +194,14 @@ def perf_input_file(blobs: list[bytes], path: Path) -> None:
     path.write_text(json.dumps({"data": data}))
 
 
+def perf_analyzer_command(server, model: str, args: list[str]) -> list[str]:
+    """The venv's perf_analyzer against `model` on `server` over gRPC, with `args` after."""
+    return [str(ROOT / ".venv" / "bin" / "perf_analyzer"), "-m", model, "-u", server.grpc_url, "-i", "grpc", *args]
+
+
 def perf_analyzer(server, model: str, out_csv: Path, args: list[str], log) -> list[dict]:
-    cmd = [str(ROOT / ".venv" / "bin" / "perf_analyzer"), "-m", model, "-u", server.grpc_url, "-i", "grpc",
-           "--measurement-interval", "4000", "--stability-percentage", "25", "--max-trials", "6",
-           "-f", str(out_csv), "--verbose-csv", *args]
+    cmd = perf_analyzer_command(server, model, ["--measurement-interval", "4000", "--stability-percentage", "25",
+                                                "--max-trials", "6", "-f", str(out_csv), "--verbose-csv", *args])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
@@ -208,37 +214,18 @@ def perf_analyzer(server, model: str, out_csv: Path, args: list[str], log) -> li
 
 def tree_peak_rss_mb(pid: int) -> float:
     """Peak RSS (VmHWM) of a process and its children (tritonserver and its Python stubs)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += int(next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM")))
-            for t in Path(f"/proc/{p}/task").iterdir():
-                kids = (t / "children").read_text().split()
-                todo += [int(k) for k in kids]
-        except (OSError, StopIteration):
-            continue
-    return total / 1024
+    return sum(status_kb(p, "VmHWM") or 0 for p in tree(pid)) / 1024
 
 
 def process_cpu_seconds(server_pid: int) -> dict[str, float]:
     """CPU seconds (user+system) of tritonserver and of each of its stubs (by model)."""
-    tick, out = os.sysconf("SC_CLK_TCK"), {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        cpu = (int(stat[11]) + int(stat[12])) / tick
-        if int(pid) == server_pid:
-            name = "tritonserver (gRPC, ensemble scheduling)"
-        elif int(stat[1]) == server_pid and len(cmd) > 1:  # a stub: argv[1] is <repo>/<model>/<version>/model.py
-            name = Path(cmd[1].decode(errors="replace")).parent.parent.name + " (stubs)"
-        else:
-            continue
-        out[name] = out.get(name, 0.0) + cpu
+    names = {server_pid: "tritonserver (gRPC, ensemble scheduling)",
+             **{p: f"{model} (stubs)" for p, model in stub_pids(server_pid).items()}}
+    out: dict[str, float] = {}
+    for pid, name in names.items():
+        cpu = cpu_seconds(pid)
+        if cpu is not None:
+            out[name] = out.get(name, 0.0) + cpu
     return out
 
 
@@ -253,9 +240,9 @@ def cpu_breakdown(server, concurrency: int, images_json: Path, log,
         stats = client.get_inference_statistics("yolov4", as_json=True)["model_stats"][0]["inference_stats"]
         return int(stats["success"].get("count", 0))
 
-    cmd = [str(ROOT / ".venv" / "bin" / "perf_analyzer"), "-m", "yolov4", "-u", server.grpc_url, "-i", "grpc",
-           "--input-data", str(images_json), "--concurrency-range", f"{concurrency}:{concurrency}",
-           "--measurement-interval", str(window_ms), "--max-trials", "3", "--stability-percentage", "100"]
+    cmd = perf_analyzer_command(server, "yolov4", [
+        "--input-data", str(images_json), "--concurrency-range", f"{concurrency}:{concurrency}",
+        "--measurement-interval", str(window_ms), "--max-trials", "3", "--stability-percentage", "100"])
     n0, before, t0 = served(), process_cpu_seconds(server.process.pid), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = proc.stdout.read()

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from procs import status_kb, stub_pids, tree  # noqa: E402
 from run import photos  # noqa: E402
 
 from client import AsyncYoloClient, YoloClientError  # noqa: E402
@@ -65,54 +66,17 @@ def send(client, name, data, dtype):
     return client.infer("yolov4", [inp])
 
 
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for t in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(k) for k in (t / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
 def rss_mb(pid: int) -> float:
-    total = 0
-    for p in tree(pid):
-        try:
-            total += int(next(l.split()[1] for l in Path(f"/proc/{p}/status").read_text().splitlines()
-                              if l.startswith("VmRSS")))
-        except (OSError, StopIteration):
-            pass
-    return total / 1024
+    return sum(status_kb(p, "VmRSS") or 0 for p in tree(pid)) / 1024
 
 
 def rss_by_process(pid: int) -> dict[str, float]:
     """RSS in MB of tritonserver and each Python stub (named by model), to see which one grows."""
-    names = {pid: "tritonserver", **stub_pids(pid)}
     out: dict[str, float] = {}
-    for p, name in names.items():
-        try:
-            kb = int(next(l.split()[1] for l in Path(f"/proc/{p}/status").read_text().splitlines()
-                          if l.startswith("VmRSS")))
-        except (OSError, StopIteration):
-            continue
-        out[name] = out.get(name, 0.0) + kb / 1024
-    return out
-
-
-def stub_pids(pid: int) -> dict[int, str]:
-    out = {}
-    for p in tree(pid)[1:]:
-        try:
-            cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-            if b"stub" in cmd[0]:
-                # argv[1] is .../<model>/<version>/model.py
-                out[p] = Path(cmd[1].decode(errors="replace")).parent.parent.name if len(cmd) > 1 else "?"
-        except OSError:
-            pass
+    for p, name in {pid: "tritonserver", **stub_pids(pid)}.items():
+        kb = status_kb(p, "VmRSS")
+        if kb is not None:
+            out[name] = out.get(name, 0.0) + kb / 1024
     return out
 
 

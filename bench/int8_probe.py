@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,16 +29,13 @@ import numpy as np  # noqa: E402
 def median_ms(path: Path, x: np.ndarray, threads: int, calls: int = 20) -> float:
     import onnxruntime as ort
 
+    from run import rate
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    sess.run(None, {"images": x})
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        sess.run(None, {"images": x})
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    _, latencies = rate(lambda: sess.run(None, {"images": x}), 1, seconds=0, min_calls=calls)
+    return statistics.median(latencies)
 
 
 def main():

@@ -44,10 +44,10 @@ def measure(repo: Path, settings: dict, images_json: Path, concurrency: int, int
     if scratch.exists():
         shutil.rmtree(scratch)
     copy_repository(repo, scratch)
-    rerender(scratch, **settings)
+    name = rerender(scratch, **settings).name
     try:
         with TritonServer(scratch, log_path=work / "tritonserver.log") as server:
-            rows = perf_analyzer(server, read_settings(scratch).name, work / "pa.csv",
+            rows = perf_analyzer(server, name, work / "pa.csv",
                                  ["--input-data", str(images_json), "--concurrency-range", f"{concurrency}:{concurrency}",
                                   "--measurement-interval", str(interval)], lambda *_: None)
             rss = tree_peak_rss_mb(server.process.pid)

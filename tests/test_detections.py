@@ -106,7 +106,7 @@ def test_jpeg_decode_gives_opencvs_pixels(photos, shared):
         assert np.array_equal(got, cv2.cvtColor(cv2.imdecode(big, flag), cv2.COLOR_BGR2RGB)), factor
 
 
-def test_jpeg_decode_without_simplejpeg_falls_back_to_opencv(photos, shared, monkeypatch):
+def test_jpeg_decode_without_simplejpeg_falls_back_to_opencv(shared, monkeypatch):
     """An environment without simplejpeg (a hand-made offline venv) decodes the same pixels via OpenCV."""
     data = (shared / "dog.jpg").read_bytes()
     big = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(shared / "dog.jpg")), (1700, 1300)))[1].tobytes()

@@ -161,8 +161,9 @@ def rerender(repository: Path, **changes) -> RepositorySettings:
     Staged and swapped in like a build, so a bad setting leaves the repository as it was.
     """
     repository = Path(repository).resolve()
-    settings = dataclasses.replace(read_settings(repository), **changes)
-    if settings.target != read_settings(repository).target or settings.name != read_settings(repository).name:
+    current = read_settings(repository)
+    settings = dataclasses.replace(current, **changes)
+    if settings.target != current.target or settings.name != current.name:
         raise ValueError("rerender cannot change the target or the name: rebuild instead")
     spec = DetectorSpec.from_json((repository / settings.postprocess / "1" / "spec.json").read_text())
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))

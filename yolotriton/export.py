@@ -18,8 +18,8 @@ import numpy as np
 from .importer import ImportedDetector
 from .spec import INPUT_NAME
 
-PARITY_RTOL = 1e-4
-TF2ONNX_PHASES = ("Using opset", "Optimizing ONNX model", "After optimization", "Successfully converted")  # max|diff| <= 1e-4 * max(1, max|keras|), per output
+PARITY_RTOL = 1e-4  # max|diff| <= 1e-4 * max(1, max|keras|), per output
+TF2ONNX_PHASES = ("Using opset", "Optimizing ONNX model", "After optimization", "Successfully converted")
 
 
 class ExportError(RuntimeError):

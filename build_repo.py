@@ -50,9 +50,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
     out.add_argument("--max-pixels", type=int, default=50_000_000, help="largest image accepted (decoded pixels)")
     out.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="largest encoded image accepted")
-    out.add_argument("--preprocess-instances", type=int, default=2)
-    out.add_argument("--detector-instances", type=int, default=2)
-    out.add_argument("--postprocess-instances", type=int, default=1)
+    out.add_argument("--letterbox-fill", type=float, default=0.5, help="letterbox padding in [0, 1] (darknet: 0.5 grey)")
+    out.add_argument("--preprocess-device", choices=("auto", "cpu", "gpu"), default="auto",
+                     help="gpu: nvImageCodec decode + GPU resize, output stays on the GPU; auto = gpu when the "
+                          "detector is on the GPU (--detector-device gpu, --target tensorrt)")
+    out.add_argument("--instances", default="auto",
+                     help="auto (sized to the serving host: --host-cores/--host-gpus, default this machine) "
+                          "or PRE,DET,POST counts")
+    out.add_argument("--host-cores", type=int, help="--instances auto: CPU cores of the serving host")
+    out.add_argument("--host-gpus", type=int, help="--instances auto: GPUs of the serving host")
+    out.add_argument("--preprocess-instances", type=int, help="overrides --instances for the preprocess")
+    out.add_argument("--detector-instances", type=int, help="overrides --instances for the detector")
+    out.add_argument("--postprocess-instances", type=int, help="overrides --instances for the postprocess")
     out.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads per detector instance")
     out.add_argument("--detector-device", choices=("cpu", "gpu"), default="cpu",
                      help="python target: gpu = ONNX Runtime's CUDA execution provider in KIND_GPU instances")
@@ -73,6 +82,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def instance_counts(args, preprocess_device: str, detector_on_gpu: bool) -> tuple[int, int, int, str]:
+    """--instances auto|P,D,Q plus the per-model overrides."""
+    from yolotriton.build import local_host
+    from yolotriton.repository import auto_instances
+
+    if args.instances == "auto":
+        cores, gpus = local_host()
+        cores = args.host_cores if args.host_cores is not None else cores
+        gpus = args.host_gpus if args.host_gpus is not None else gpus
+        *counts, reason = auto_instances(cores, gpus, preprocess_device, detector_on_gpu)
+        reason = "auto: " + reason
+    else:
+        try:
+            counts = [int(v) for v in args.instances.split(",")]
+            assert len(counts) == 3
+        except (ValueError, AssertionError):
+            raise ValueError(f"--instances {args.instances!r}: expected auto or PRE,DET,POST counts") from None
+        reason = f"--instances {args.instances}"
+    given = (args.preprocess_instances, args.detector_instances, args.postprocess_instances)
+    if any(g is not None for g in given):
+        reason += "; overridden by " + ", ".join(f"--{k}-instances {g}" for k, g in
+                                                 zip(("preprocess", "detector", "postprocess"), given) if g is not None)
+    counts = [g if g is not None else c for g, c in zip(given, counts)]
+    return counts[0], counts[1], counts[2], reason
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from yolotriton.assets import AssetError, default_model
@@ -88,14 +123,20 @@ def main(argv=None) -> int:
     known = (FileNotFoundError, IsADirectoryError, PermissionError, CfgError, WeightsError, ExportError, ImageError,
              ModelLoadError, PlanError, RepositoryError, SpecError, AssetError, ValueError)
     try:
+        target = resolve_target(args.target)
+        on_gpu = target == "tensorrt" or args.trt_accelerator or args.detector_device == "gpu"
+        pre_device = ("gpu" if on_gpu and target != "onnxruntime" else "cpu") if args.preprocess_device == "auto" \
+            else args.preprocess_device
+        counts = instance_counts(args, pre_device, on_gpu)
         repo = RepositorySettings(
-            name=args.name, target=resolve_target(args.target), max_batch_size=args.max_batch_size,
+            name=args.name, target=target, max_batch_size=args.max_batch_size,
             max_detections=args.max_detections, score_threshold=args.score_threshold,
             iou_threshold=args.iou_threshold, resize_mode=args.resize, max_pixels=args.max_pixels,
-            max_bytes=args.max_bytes, preprocess_instances=args.preprocess_instances,
-            detector_instances=args.detector_instances, postprocess_instances=args.postprocess_instances,
+            max_bytes=args.max_bytes, preprocess_instances=counts[0], detector_instances=counts[1],
+            postprocess_instances=counts[2], instances_reason=counts[3],
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
-            detector_device=args.detector_device, detector_precision=args.detector_precision)
+            detector_device=args.detector_device, detector_precision=args.detector_precision,
+            preprocess_device=pre_device, letterbox_fill=args.letterbox_fill)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "box_format": args.box_format, "normalized": args.normalized_boxes,
                   "has_objectness": args.has_objectness, "input_size": args.input_size}

@@ -1,170 +1,239 @@
 #!/usr/bin/env python3
-"""GPU host, in one run: served ensemble with the GPU detector vs the same ensemble with the CPU detector,
-vs ONNX Runtime in-process (CUDA and CPU), on the same photos. Writes a markdown report.
+"""GPU host benchmark, in one run: the served ensemble (perf_analyzer, JPEG bytes in, concurrency sweep)
+against in-process ONNX Runtime CUDA on the same GPU, with the CPU cost of every server process.
 
-  python bench/gpu.py --gpu-repo R1 --cpu-repo R2 --photos DIR --out DIR [--fp16-repo R3]
+  python bench/gpu.py --repo R --photos DIR --out DIR [--concurrency 1,8,32,64,128] [--cpu-preprocess N]
 
+R is a repository built with --detector-device gpu (GPU preprocess by default). Rows, all measured here:
+- in-process ORT CUDA, batch 1 and 8 (the detector's model.onnx; numpy in, numpy out);
+- the served ensemble (perf_analyzer over gRPC, --input-data with the photos' JPEG bytes) at each
+  concurrency, with GPU utilisation sampled by nvidia-smi during each level;
+- CPU ms per image of tritonserver and of each model's stubs at the best concurrency (perf_analyzer's own
+  CPU separately), from /proc and wait4 as in make bench;
+- the served detector alone at batch 8 (random FP32 input through CUDA shared memory, else system);
+- with --cpu-preprocess N: the same ensemble re-rendered with the CPU preprocess and N instances.
 Run by scripts/gpu_host.sh on the lent GPU machine (no network there: wheels travel with the call).
-The served numbers come from a bounded gRPC client loop (threads, one image per request).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 
-OUTPUTS = ("num_detections", "boxes", "scores", "classes")
+import run  # noqa: E402  (perf_input_file, cpu_breakdown: the same measurement as make bench)
 
 
-def in_process(model: Path, provider: str, batch: np.ndarray, seconds: float) -> tuple[float, float]:
+def in_process(model: Path, batch: np.ndarray, seconds: float) -> tuple[float, float]:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(model), providers=[provider])
-    assert sess.get_providers()[0] == provider, f"{provider} not active: {sess.get_providers()}"
-    for _ in range(3):
-        sess.run(None, {"images": batch})
-    lat, t0 = [], time.perf_counter()
-    while time.perf_counter() - t0 < seconds or len(lat) < 5:
-        t = time.perf_counter()
-        sess.run(None, {"images": batch})
-        lat.append(time.perf_counter() - t)
-    return len(batch) * len(lat) / sum(lat), statistics.median(lat) * 1000
+    cuda = {"cudnn_conv_algo_search": "HEURISTIC"}
+    sess = ort.InferenceSession(str(model), providers=[("CUDAExecutionProvider", cuda)])
+    assert sess.get_providers()[0] == "CUDAExecutionProvider", sess.get_providers()
+    ips, lat = run.rate(lambda: sess.run(None, {"images": batch}), len(batch), seconds)
+    return ips, statistics.median(lat)
 
 
-def served(repo: Path, blobs: list[bytes], concurrency: int, seconds: float, log_path: Path):
+class GpuSampler:
+    """nvidia-smi's GPU utilisation, sampled every 200 ms while a level runs."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.wait(0.2):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True).stdout.split()
+            if out:
+                self.samples.append(float(out[0]))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else float("nan")
+
+
+def model_stats(server) -> dict[str, dict]:
+    """Triton's cumulative statistics per model: requests, executions (batches), queue and compute ns."""
     import tritonclient.grpc as grpcclient
 
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    out = {}
+    for m in client.get_inference_statistics(as_json=True)["model_stats"]:
+        st = m.get("inference_stats", {})
+        ns = lambda k: int(st.get(k, {}).get("ns", 0))
+        out[m["name"]] = {"requests": int(st.get("success", {}).get("count", 0)),
+                          "executions": int(m.get("execution_count", 0)),
+                          "queue": ns("queue"), "compute": ns("compute_input") + ns("compute_infer") + ns("compute_output")}
+    return out
+
+
+def stage_lines(before: dict, after: dict) -> list[str]:
+    """Per member model during one level: mean batch, queue and compute ms per request."""
+    lines = []
+    for name, a in sorted(after.items()):
+        b = before.get(name, {})
+        n = a["requests"] - b.get("requests", 0)
+        if n <= 0 or name.endswith("_raw"):
+            continue
+        ex = max(1, a["executions"] - b.get("executions", 0))
+        lines.append(f"    {name:<20} {n:6d} requests, mean batch {n / ex:4.1f}, queue "
+                     f"{(a['queue'] - b.get('queue', 0)) / n / 1e6:6.2f} ms, compute "
+                     f"{(a['compute'] - b.get('compute', 0)) / n / 1e6:6.2f} ms per request")
+    return lines
+
+
+def sweep(server, levels, images_json: Path, tmp: Path, log) -> list[dict]:
+    rows = []
+    for c in levels:
+        before = model_stats(server)
+        try:
+            with GpuSampler() as gpu:
+                got = run.perf_analyzer(server, "yolov4", tmp / f"c{c}.csv",
+                                        ["--input-data", str(images_json), "--concurrency-range", f"{c}:{c}"], log)
+        except (RuntimeError, FileNotFoundError) as e:  # one level failing must not lose the others
+            log(f"  concurrency {c} failed: {str(e)[-1500:]}")
+            continue
+        for r in got:
+            r["gpu_util"] = gpu.median
+        log(f"    GPU utilisation (median of nvidia-smi samples): {gpu.median:.0f}%")
+        for line in stage_lines(before, model_stats(server)):
+            log(line)
+        rows += got
+    if not rows:
+        raise RuntimeError("no concurrency level completed")
+    return rows
+
+
+def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: str, log, detector_alone=False):
     from yolotriton.server import TritonServer
 
-    with TritonServer(repo, log_path=log_path) as server:
-        def one(blob):
-            c = grpcclient.InferenceServerClient(server.grpc_url)
-            data = np.array([[blob]], dtype=object)
-            inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
-            inp.set_data_from_numpy(data)
-            r = c.infer("yolov4", [inp])
-            return {k: r.as_numpy(k) for k in OUTPUTS}
-
-        answers = [one(b) for b in blobs]  # also warms up
-        results = {}
-        for conc in concurrency:
-            lat, deadline = [], time.monotonic() + seconds
-
-            def worker(w):
-                client = grpcclient.InferenceServerClient(server.grpc_url)
-                out, i = [], w
-                while time.monotonic() < deadline and len(out) < 100_000:
-                    data = np.array([[blobs[i % len(blobs)]]], dtype=object)
-                    inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
-                    inp.set_data_from_numpy(data)
-                    t = time.perf_counter()
-                    client.infer("yolov4", [inp])
-                    out.append(time.perf_counter() - t)
-                    i += conc
-                return out
-
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(conc) as pool:
-                for part in pool.map(worker, range(conc)):
-                    lat += part
-            wall = time.perf_counter() - t0
-            results[conc] = (len(lat) / wall, statistics.median(lat) * 1000)
-    return answers, results
+    res = {}
+    with TritonServer(repo, log_path=out / f"tritonserver-{label}.log") as server:
+        log(f"[gpu] {label}: served ensemble, perf_analyzer, JPEG bytes in")
+        rows = sweep(server, levels, images_json, tmp, log)
+        best = max(rows, key=lambda r: float(r["Inferences/Second"]))
+        res["rows"], res["best"] = rows, best
+        conc = int(best["Concurrency"])
+        log(f"[gpu] {label}: CPU per image at concurrency {conc}")
+        res["cpu_ips"], res["cpu"] = run.cpu_breakdown(server, conc, images_json, log)
+        if detector_alone:
+            log(f"[gpu] {label}: served detector alone, batch 8, random FP32 input")
+            for shm in ("cuda", "system"):
+                try:
+                    d = run.perf_analyzer(server, "yolov4_detector", tmp / f"det-{shm}.csv",
+                                          ["-b", "8", "--input-data", "random", "--shared-memory", shm,
+                                           "--concurrency-range", "4:4"], log)
+                    res["detector"] = (shm, float(d[0]["Inferences/Second"]))
+                    break
+                except RuntimeError as e:
+                    log(f"    shared memory {shm} failed: {str(e)[-300:]}")
+    return res
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repo", type=Path, required=True,
-                    help="built with --detector-device gpu --detector-precision fp16 (holds model.onnx and model.fp16.onnx)")
+    ap.add_argument("--repo", type=Path, required=True, help="built with --detector-device gpu")
     ap.add_argument("--photos", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--preprocess-instances", type=int, default=8)
-    ap.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
-                    help="also measure the repository's gated model.fp16.onnx")
+    ap.add_argument("--seconds", type=float, default=6)
+    ap.add_argument("--concurrency", default="1,8,32,64,128")
+    ap.add_argument("--cpu-preprocess", type=int, default=0,
+                    help="also serve the same repository with the CPU preprocess and this many instances")
     args = ap.parse_args()
+    log = lambda *a: print(*a, flush=True)
     import onnxruntime as ort
 
     from yolotriton import images
+    from yolotriton.build import copy_repository, rerender
+    from yolotriton.repository import read_settings
 
     args.out.mkdir(parents=True, exist_ok=True)
-    import shutil
-
-    from yolotriton.build import copy_repository, rerender
-
-    def variant(name, **changes):  # same weights (hard links), other configs
-        dst = args.repo.parent / name
-        if dst.exists():
-            shutil.rmtree(dst)
-        copy_repository(args.repo, dst)
-        rerender(dst, **changes)
-        return dst
-
-    # 16 CPU cores feed one GPU: more preprocess/postprocess instances than the 2-core defaults
-    feed = dict(preprocess_instances=args.preprocess_instances, postprocess_instances=max(1, args.preprocess_instances // 4))
-    args.fp16_repo = variant("repo-gpu-fp16", **feed) if args.fp16 else None
-    args.gpu_repo = variant("repo-gpu-fp32", detector_precision="fp32", **feed)
-    args.cpu_repo = variant("repo-cpu-fp32", detector_precision="fp32", detector_device="cpu",
-                            detector_instances=4, ort_threads=4, preprocess_instances=4)
+    tmp = Path(tempfile.mkdtemp())
     blobs = [p.read_bytes() for p in sorted(args.photos.glob("*.jpg"))]
+    run.perf_input_file(blobs, tmp / "images.json")
     spec = json.loads((args.repo / "yolov4_postprocess" / "1" / "spec.json").read_text())
     size = (spec["input_width"], spec["input_height"])
-    x1 = images.preprocess_bytes(blobs[0], *size)[0][None]
-    x8 = np.repeat(x1, 8, axis=0)
-    lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
-             f"ONNX Runtime {ort.__version__}, providers {ort.get_available_providers()}", ""]
-    import subprocess
-
+    settings = read_settings(args.repo)
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
-    heads = len(spec.get("heads") or ())
-    lines += [f"GPU: {gpu}; {len(blobs)} photos; {heads}-head model at {size[0]}x{size[1]} ({args.repo})", "", "| path | images/s | p50 ms |", "|---|---|---|"]
-    onnx32 = args.gpu_repo / "yolov4_detector" / "1" / "model.onnx"
-    rows = []
-    for label, model, prov in (("in-process ORT CUDA fp32", onnx32, "CUDAExecutionProvider"),
-                               ("in-process ORT CPU fp32", onnx32, "CPUExecutionProvider")):
-        for b, x in ((1, x1), (8, x8)):
-            ips, p50 = in_process(model, prov, x, args.seconds)
-            rows.append((f"{label} b{b}", ips, p50))
-            print(rows[-1], flush=True)
-    if args.fp16_repo:
-        fp16 = args.fp16_repo / "yolov4_detector" / "1" / "model.fp16.onnx"
-        for b, x in ((1, x1), (8, x8)):
-            ips, p50 = in_process(fp16, "CUDAExecutionProvider", x, args.seconds)
-            rows.append((f"in-process ORT CUDA fp16 b{b}", ips, p50))
-            print(rows[-1], flush=True)
-    answers = {}
-    repos = [("GPU detector", args.gpu_repo), ("CPU detector", args.cpu_repo)]
-    if args.fp16_repo:
-        repos.insert(1, ("GPU detector fp16", args.fp16_repo))
-    for label, repo in repos:
-        ans, res = served(repo, blobs, (1, 8, 32), args.seconds, args.out / f"server-{label.replace(' ', '_')}.log")
-        answers[label] = ans
-        for conc, (ips, p50) in res.items():
-            rows.append((f"served ensemble, {label}, concurrency {conc}", ips, p50))
-            print(rows[-1], flush=True)
-    lines += [f"| {name} | {ips:.1f} | {p50:.1f} |" for name, ips, p50 in rows]
-    # Same detections from the GPU and CPU detectors (served)?
-    diffs = []
-    for a, b in zip(answers["GPU detector"], answers["CPU detector"]):
-        same_n = int(a["num_detections"][0, 0]) == int(b["num_detections"][0, 0])
-        n = int(min(a["num_detections"][0, 0], b["num_detections"][0, 0]))
-        diffs.append((same_n, bool((a["classes"][0, :n] == b["classes"][0, :n]).all()),
-                      float(np.abs(a["scores"][0, :n] - b["scores"][0, :n]).max(initial=0)),
-                      float(np.abs(a["boxes"][0, :n] - b["boxes"][0, :n]).max(initial=0))))
-    lines += ["", "GPU vs CPU detector, served, per photo (same count, same classes, max |score diff|, max |box diff| px):",
-              "", json.dumps(diffs)]
+    log(f"[gpu] {gpu}; ONNX Runtime {ort.__version__}; {os.cpu_count()} cores; {len(blobs)} photos; model {size}")
+    x1 = images.preprocess_bytes(blobs[0], *size)[0][None]
+    model = args.repo / "yolov4_detector" / "1" / "model.onnx"
+    inproc = {}
+    for b in (1, 8):
+        inproc[b] = in_process(model, np.repeat(x1, b, axis=0), args.seconds)
+        log(f"[gpu] in-process ORT CUDA b{b}: {inproc[b][0]:.1f} img/s, p50 {inproc[b][1]:.2f} ms")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    results = {f"GPU preprocess ({settings.preprocess_instances}/{settings.detector_instances}/"
+               f"{settings.postprocess_instances} instances)": served(args.repo, levels, tmp / "images.json", tmp,
+                                                                      args.out, "gpu-pre", log, detector_alone=True)}
+    if args.cpu_preprocess:
+        variant = args.repo.parent / "repo-cpu-preprocess"
+        if variant.exists():
+            shutil.rmtree(variant)
+        copy_repository(args.repo, variant)
+        post = max(1, (os.cpu_count() or 4) // 4)
+        rerender(variant, preprocess_device="cpu", preprocess_instances=args.cpu_preprocess, postprocess_instances=post)
+        results[f"CPU preprocess ({args.cpu_preprocess}/{settings.detector_instances}/{post} instances)"] = served(
+            variant, levels, tmp / "images.json", tmp, args.out, "cpu-pre", log)
+
+    best_inproc = max(v[0] for v in inproc.values())
+    lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"`{' '.join(sys.argv)}`", "",
+             f"GPU: {gpu}; ONNX Runtime {ort.__version__}; {os.cpu_count()} cores; {len(blobs)} photos (JPEG); "
+             f"model input {size[0]}x{size[1]}, {len(spec.get('heads') or ())} heads.", "",
+             "| path | images/s | p50 ms | ratio to best in-process |", "|---|---|---|---|"]
+    for b, (ips, p50) in inproc.items():
+        lines.append(f"| in-process ORT CUDA, batch {b} | {ips:.1f} | {p50:.2f} | {ips / best_inproc:.2f} |")
+    for label, r in results.items():
+        for row in r["rows"]:
+            ips = float(row["Inferences/Second"])
+            lines.append(f"| served ensemble, {label}, concurrency {row['Concurrency']} (GPU {row['gpu_util']:.0f}%) "
+                         f"| {ips:.1f} | {int(row['p50 latency']) / 1000:.1f} | {ips / best_inproc:.2f} |")
+        if "detector" in r:
+            shm, ips = r["detector"]
+            # perf_analyzer counts inferences as requests x batch size: already images/s
+            lines.append(f"| served detector alone, batch 8, {shm} shared memory | {ips:.1f} | | "
+                         f"{ips / best_inproc:.2f} |")
+    for label, r in results.items():
+        lines += ["", f"CPU ms per image, {label}, concurrency {r['best']['Concurrency']} "
+                      f"({r['cpu_ips']:.0f} img/s during the window):", "", "| process | CPU ms per image |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in sorted(r["cpu"].items(), key=lambda kv: -kv[1])]
+        server_side = sum(v for k, v in r["cpu"].items() if not k.startswith("perf_analyzer"))
+        lines.append(f"| server side (tritonserver + every stub) | {server_side:.2f} |")
     (args.out / "gpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    with (args.out / "gpu.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "concurrency", "images_per_s", "p50_ms", "gpu_util"])
+        for label, r in results.items():
+            for row in r["rows"]:
+                w.writerow([label, row["Concurrency"], row["Inferences/Second"], int(row["p50 latency"]) / 1000,
+                            row["gpu_util"]])
+    log("\n".join(lines))
 
 
 if __name__ == "__main__":

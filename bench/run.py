@@ -195,8 +195,15 @@ def perf_input_file(blobs: list[bytes], path: Path) -> None:
 
 
 def perf_analyzer_command(server, model: str, args: list[str]) -> list[str]:
-    """The venv's perf_analyzer against `model` on `server` over gRPC, with `args` after."""
-    return [str(ROOT / ".venv" / "bin" / "perf_analyzer"), "-m", model, "-u", server.grpc_url, "-i", "grpc", *args]
+    """perf_analyzer against `model` on `server` over gRPC, with `args` after: $PERF_ANALYZER, else the
+    venv's (make), else the one on PATH (the GPU host's perf-analyzer wheel)."""
+    import shutil
+
+    venv = ROOT / ".venv" / "bin" / "perf_analyzer"
+    exe = os.environ.get("PERF_ANALYZER") or (str(venv) if venv.exists() else shutil.which("perf_analyzer"))
+    if not exe:
+        raise RuntimeError("perf_analyzer not found: run make, or install the perf-analyzer wheel")
+    return [exe, "-m", model, "-u", server.grpc_url, "-i", "grpc", *args]
 
 
 def perf_analyzer(server, model: str, out_csv: Path, args: list[str], log) -> list[dict]:

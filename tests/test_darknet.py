@@ -41,17 +41,21 @@ def test_tiny_raw_heads_match_opencv(tiny_detector, default_model, shared, photo
         assert np.abs(ours[name] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()), name
 
 
-def write_random_weights(graph, path, seed=0):
-    """Random weights in darknet's layout, scaled so activations stay finite through all 110 layers."""
+def write_random_weights(graph, path, seed=0, silent_heads=False):
+    """Random weights in darknet's layout, scaled so activations stay finite through all 110 layers.
+
+    silent_heads: the convolutions that feed [yolo] layers (the ones without batch norm) get zero
+    kernels and bias -10, so nothing is detected: the same arithmetic, but no NMS work (benchmarks)."""
     rng = np.random.default_rng(seed)
     parts = [np.array([0, 2, 5], "<i4").tobytes(), np.array([0], "<u8").tobytes()]
     for c in graph.convs:
         f, n = c.filters, c.in_channels * c.size * c.size
+        silent = silent_heads and c.bn is None
         if c.bn is not None:
             parts += [rng.normal(0, 0.1, f), rng.uniform(1.0, 2.0, f), rng.normal(0, 0.1, f), rng.uniform(0.5, 1.5, f)]
         else:
-            parts.append(rng.normal(0, 0.1, f))
-        parts.append(rng.normal(0, np.sqrt(2.0 / n), f * n))
+            parts.append(np.full(f, -10.0) if silent else rng.normal(0, 0.1, f))
+        parts.append(np.zeros(f * n) if silent else rng.normal(0, np.sqrt(2.0 / n), f * n))
     path.write_bytes(b"".join(p if isinstance(p, bytes) else p.astype("<f4").tobytes() for p in parts))
 
 

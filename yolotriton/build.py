@@ -54,8 +54,18 @@ def resolve_target(target: str) -> str:
     return "tensorrt" if has_trt and has_gpu else "python"
 
 
-def load_parity_batch(paths, width: int, height: int, mode: str) -> np.ndarray:
-    return np.stack([images.preprocess_bytes(Path(p).read_bytes(), width, height, mode)[0] for p in paths])
+def local_host() -> tuple[int, int]:
+    """(CPU cores this process may use, NVIDIA GPUs visible) of the building machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = len(list(Path("/dev").glob("nvidia[0-9]*")))
+    if visible is not None:
+        gpus = min(gpus, len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
+    return cores, gpus
+
+
+def load_parity_batch(paths, width: int, height: int, mode: str, fill: float = images.LETTERBOX_FILL) -> np.ndarray:
+    return np.stack([images.preprocess_bytes(Path(p).read_bytes(), width, height, mode, fill=fill)[0] for p in paths])
 
 
 def _swap_in(staging: Path, output: Path) -> None:
@@ -86,7 +96,7 @@ def build(opts: BuildOptions) -> Path:
         f"{spec.layout} outputs {list(spec.output_names)} ({time.perf_counter() - t:.1f}s)")
     if not opts.parity_images:
         raise ValueError("no images for the parity gate")
-    batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode)
+    batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode, s.letterbox_fill)
 
     output = opts.output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +118,8 @@ def build(opts: BuildOptions) -> Path:
             (staging / "README.md").write_text(REPO_README)
         validate_repository(staging, allow_pending_plan=s.target == "tensorrt" and opts.plan_builder == "docker")
         log(f"[render] {len(list(staging.glob('*/config.pbtxt')))} models rendered and validated "
-            f"({time.perf_counter() - t:.1f}s)")
+            f"({time.perf_counter() - t:.1f}s); preprocess on the {s.preprocess_device.upper()}, instances "
+            f"{s.preprocess_instances}/{s.detector_instances}/{s.postprocess_instances} ({s.instances_reason})")
         _swap_in(staging, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -26,7 +26,7 @@ except ImportError:  # the preprocess model logs this once at start-up
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-LETTERBOX_FILL = 0.5  # darknet's letterbox fills with mid grey
+LETTERBOX_FILL = 0.5  # darknet's letterbox fills with mid grey (--letterbox-fill changes it)
 REUSED_BUFFER_MAX_BYTES = 32 * 1024 * 1024  # larger decodes get a fresh array, so one odd photo can't pin memory
 
 _scratch = threading.local()
@@ -145,7 +145,7 @@ def _decode_jpeg(data: bytes, w: int, h: int, net_w: int, net_h: int) -> np.ndar
 
 
 def resize(rgb: np.ndarray, net_w: int, net_h: int, mode: str, orig_wh: tuple[int, int] | None = None,
-           out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+           out: np.ndarray | None = None, fill: float = LETTERBOX_FILL) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 -> float32 [net_h, net_w, 3] in [0,1], and meta (see detections.META_FIELDS).
 
     `orig_wh` is the size before any reduced-scale decode, so boxes map back to the original pixels.
@@ -163,7 +163,7 @@ def resize(rgb: np.ndarray, net_w: int, net_h: int, mode: str, orig_wh: tuple[in
         nw, nh = max(1, round(ow * scale)), max(1, round(oh * scale))
         left, top = (net_w - nw) // 2, (net_h - nh) // 2
         small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        out.fill(LETTERBOX_FILL)
+        out.fill(fill)
         np.multiply(small, np.float32(1 / 255), out=out[top:top + nh, left:left + nw], casting="unsafe")
         meta = (oh, ow, nh / oh, nw / ow, float(top), float(left))
     else:
@@ -173,14 +173,14 @@ def resize(rgb: np.ndarray, net_w: int, net_h: int, mode: str, orig_wh: tuple[in
 
 def preprocess_bytes(data: bytes, net_w: int, net_h: int, mode: str = "stretch",
                      max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-                     out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     out: np.ndarray | None = None, fill: float = LETTERBOX_FILL) -> tuple[np.ndarray, np.ndarray]:
     rgb, orig_wh = decode(data, net_w, net_h, max_pixels, max_bytes)
-    return resize(rgb, net_w, net_h, mode, orig_wh, out)
+    return resize(rgb, net_w, net_h, mode, orig_wh, out, fill)
 
 
 def preprocess_array(rgb: np.ndarray, net_w: int, net_h: int, mode: str = "stretch",
-                     max_pixels: int = DEFAULT_MAX_PIXELS, out: np.ndarray | None = None):
+                     max_pixels: int = DEFAULT_MAX_PIXELS, out: np.ndarray | None = None, fill: float = LETTERBOX_FILL):
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"raw image must be uint8 [height, width, 3] RGB, got {rgb.dtype} {list(rgb.shape)}")
     check_limits(rgb.shape[1], rgb.shape[0], max_pixels)
-    return resize(np.ascontiguousarray(rgb), net_w, net_h, mode, None, out)
+    return resize(np.ascontiguousarray(rgb), net_w, net_h, mode, None, out, fill)

@@ -32,6 +32,7 @@ class LocalPipeline:
         pre, post, det = params(f"{name}_preprocess"), params(f"{name}_postprocess"), params(f"{name}_detector")
         self.width, self.height = int(pre["input_width"]), int(pre["input_height"])
         self.mode, self.max_pixels = pre["resize_mode"], int(pre["max_pixels"])
+        self.fill = float(pre.get("letterbox_fill", images.LETTERBOX_FILL))
         self.score_threshold, self.iou_threshold = float(post["score_threshold"]), float(post["iou_threshold"])
         self.max_detections = int(post["max_detections"])
         spec_path = Path(repository) / f"{name}_postprocess" / "1" / "spec.json"
@@ -46,7 +47,8 @@ class LocalPipeline:
         batch = np.empty((len(encoded), self.height, self.width, 3), np.float32)
         meta = np.empty((len(encoded), 6), np.float32)
         for i, data in enumerate(encoded):
-            _, meta[i] = images.preprocess_bytes(data, self.width, self.height, self.mode, self.max_pixels, out=batch[i])
+            _, meta[i] = images.preprocess_bytes(data, self.width, self.height, self.mode, self.max_pixels, out=batch[i],
+                                                 fill=self.fill)
         return batch, meta
 
     def detect_tensors(self, batch: np.ndarray) -> dict[str, np.ndarray]:

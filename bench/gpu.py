@@ -163,7 +163,21 @@ def main():
     ap.add_argument("--concurrency", default="1,8,32,64,128")
     ap.add_argument("--cpu-preprocess", type=int, default=0,
                     help="also serve the same repository with the CPU preprocess and this many instances")
+    ap.add_argument("--mps", action="store_true",
+                    help="run the servers under NVIDIA MPS (started here, stopped at the end): the stubs' CUDA "
+                         "contexts then share the GPU instead of being time-sliced")
     args = ap.parse_args()
+    if args.mps:
+        subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
+        time.sleep(1)
+    try:
+        report(args)
+    finally:
+        if args.mps:
+            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True)
+
+
+def report(args):
     log = lambda *a: print(*a, flush=True)
     import onnxruntime as ort
 
@@ -205,7 +219,8 @@ def main():
     lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"`{' '.join(sys.argv)}`", "",
              f"GPU: {gpu}; ONNX Runtime {ort.__version__}; {os.cpu_count()} cores; {len(blobs)} photos (JPEG); "
-             f"model input {size[0]}x{size[1]}, {len(spec.get('heads') or ())} heads.", "",
+             f"model input {size[0]}x{size[1]}, {len(spec.get('heads') or ())} heads; MPS "
+             f"{'on' if args.mps else 'off'} for the served rows.", "",
              "| path | images/s | p50 ms | ratio to best in-process |", "|---|---|---|---|"]
     for b, (ips, p50) in inproc.items():
         lines.append(f"| in-process ORT CUDA, batch {b} | {ips:.1f} | {p50:.2f} | {ips / best_inproc:.2f} |")

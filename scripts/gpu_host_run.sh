@@ -26,9 +26,9 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
 fi
 if [ "$WHAT" = bench-tiny ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/tiny/repo" --photos ../shared/darknet --out "$OUT/tiny" \
-    --cpu-preprocess 12 2>&1 | tee "$OUT/bench-tiny.log"
+    --cpu-preprocess 12 --concurrency 1,8,64,128 ${MPS:+--mps} 2>&1 | tee "$OUT/bench-tiny.log"
 fi
 if [ "$WHAT" = bench-608 ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/y608/repo" --photos ../shared/darknet --out "$OUT/y608" \
-    --concurrency 1,8,32,64 2>&1 | tee "$OUT/bench-608.log"
+    --concurrency 1,8,32,64 ${MPS:+--mps} 2>&1 | tee "$OUT/bench-608.log"
 fi

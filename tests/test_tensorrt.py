@@ -61,6 +61,11 @@ def test_rendered_trtexec_script_and_compose(docker_repo):
     pins = dict(line.split("==") for line in (root / "requirements.txt").read_text().splitlines() if "==" in line)
     for package in ("numpy", "opencv-python-headless", "simplejpeg"):
         assert f"{package}=={pins[package]}" in dockerfile, package
+    # --target tensorrt puts the GPU preprocess in front of the plan: its packages go into the image too
+    assert json.loads((docker_repo / "settings.json").read_text())["preprocess_device"] == "gpu"
+    assert "nvidia-nvimgcodec-cu12==" in dockerfile and "onnxruntime-gpu==" in dockerfile
+    assert "--cuda-memory-pool-byte-size=0:2147483648" in svc["command"]
+    assert (docker_repo / "yolov4_preprocess" / "1" / "resize.onnx").is_file()
 
 
 def test_fp16_conversion_keeps_io_types_and_passes_the_gate(built_repo, tmp_path, photos):

@@ -256,7 +256,7 @@ def render_docker_build(repository: Path, spec, settings, options: PlanOptions =
                               settings.max_batch_size, options)
     shapes = profile_shapes(spec.input_height, spec.input_width, settings.max_batch_size, options.opt_batch)
     ctx = {"detector": settings.detector, "name": settings.name, "tag": tag, "command": command,
-           "precision": "fp16" if options.fp16 else "fp32",
+           "precision": "fp16" if options.fp16 else "fp32", "gpu_preprocess": settings.preprocess_device == "gpu",
            "profile": json.dumps({k: list(v) for k, v in shapes.items()})}
     written = []
     for template, name, mode in (("build_plan.sh.j2", "build_plan.sh", 0o755), ("Dockerfile.j2", "Dockerfile", 0o644),

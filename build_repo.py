@@ -27,16 +27,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--keras", type=Path, help="Keras 3 .keras, Keras 2 .h5 or a SavedModel directory")
     lay = p.add_argument_group("output layout of a --keras model (inferred where the model shows it)")
     lay.add_argument("--layout-file", type=Path, help="JSON with any of the keys below")
-    lay.add_argument("--layout", choices=("raw", "decoded"), help="raw YOLO heads or decoded boxes+scores")
+    lay.add_argument("--layout", choices=("raw", "decoded", "nms"),
+                     help="raw YOLO heads, decoded boxes+scores, or the outputs of the model's own NMS")
     lay.add_argument("--anchors", help="raw: a preset (yolov4, yolov4-tiny) or w,h,w,h,... in input pixels")
     lay.add_argument("--masks", help="raw: anchor indices per head, finest grid first, e.g. '0,1,2;3,4,5;6,7,8'")
     lay.add_argument("--scale-x-y", help="raw: one value or one per head (darknet scale_x_y)")
     lay.add_argument("--new-coords", action="store_true", default=None, help="raw: scaled-YOLOv4 new_coords heads")
+    lay.add_argument("--activated", help="raw: channel groups the model already decoded, of xy,wh,obj,cls "
+                                         "(xy/obj/cls through a sigmoid, wh through exp)")
+    lay.add_argument("--scale-x-y-applied", action="store_true", default=None,
+                     help="raw: xy is already sigmoid*scale_x_y - (scale_x_y-1)/2")
     lay.add_argument("--box-format", choices=("xyxy", "yxyx", "cxcywh"), help="decoded: box column order")
     lay.add_argument("--normalized-boxes", action="store_true", default=None, help="decoded: boxes in [0,1]")
     lay.add_argument("--has-objectness", action="store_true", default=None,
                      help="decoded: a column before the class scores multiplies them")
+    lay.add_argument("--box-column", type=int, help="decoded, one output: first of the 4 box columns (default 0)")
+    lay.add_argument("--objectness-column", type=int, help="decoded, one output: the objectness column")
+    lay.add_argument("--class-column", type=int, help="decoded, one output: first class-score column")
+    lay.add_argument("--num-classes", type=int, help="nms: class count when no --names is given")
     lay.add_argument("--input-size", type=int, help="input height=width when the model leaves it open")
+    lay.add_argument("--custom-objects", help="module name or .py file to import before loading a .keras/.h5 "
+                                              "(defines or registers its custom layers and Lambda functions)")
     out = p.add_argument_group("repository")
     out.add_argument("--output", type=Path, default=Path("model_repository"))
     out.add_argument("--name", default="yolov4", help="ensemble name; members are NAME_preprocess/_detector/_postprocess")
@@ -138,10 +149,13 @@ def main(argv=None) -> int:
             detector_device=args.detector_device, detector_precision=args.detector_precision,
             preprocess_device=pre_device, letterbox_fill=args.letterbox_fill)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
-                  "new_coords": args.new_coords, "box_format": args.box_format, "normalized": args.normalized_boxes,
-                  "has_objectness": args.has_objectness, "input_size": args.input_size}
+                  "new_coords": args.new_coords, "activated": args.activated,
+                  "scale_x_y_applied": args.scale_x_y_applied, "box_format": args.box_format,
+                  "normalized_boxes": args.normalized_boxes, "has_objectness": args.has_objectness,
+                  "box_column": args.box_column, "objectness_column": args.objectness_column,
+                  "class_column": args.class_column, "num_classes": args.num_classes, "input_size": args.input_size}
         source = ImportOptions(cfg=args.cfg, weights=args.weights, keras=args.keras, names=args.names,
-                               layout_file=args.layout_file, layout=layout)
+                               layout_file=args.layout_file, layout=layout, custom_objects=args.custom_objects)
         parity = args.parity_images
         if not (args.cfg or args.weights or args.keras) or not parity:
             default = default_model()
@@ -160,6 +174,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; the previous repository (if any) is unchanged", file=sys.stderr)
         return 130
+    except Exception as e:  # TensorFlow, tf2onnx, a loader: one line, not a traceback (YOLOTRITON_TRACEBACK=1 shows it)
+        if os.environ.get("YOLOTRITON_TRACEBACK"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: the build failed in {type(e).__module__}.{type(e).__name__}: {first[:400]} "
+              "(YOLOTRITON_TRACEBACK=1 shows where); the previous repository (if any) is unchanged", file=sys.stderr)
+        return 2
     return 0
 
 

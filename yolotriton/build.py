@@ -108,6 +108,11 @@ def build(opts: BuildOptions) -> Path:
 
         onnx_path = staging / s.detector / "1" / "model.onnx"
         export_onnx(det, onnx_path, work, opts.opset, batch, log)
+        from .layout_gate import check_layout
+
+        t = time.perf_counter()
+        for line in check_layout(spec, onnx_path, batch, s.score_threshold):
+            log(f"[layout] {line.strip()} ({time.perf_counter() - t:.1f}s)")
         if s.target == "tensorrt":
             _tensorrt_stage(opts, spec, onnx_path, batch, work, staging)
         elif s.detector_precision == "fp16":

@@ -15,10 +15,23 @@ import cv2
 import numpy as np
 
 META_FIELDS = ("orig_h", "orig_w", "scale_y", "scale_x", "pad_top", "pad_left")
+# At most this many (box, class) candidates per image go into NMS, the best-scoring ones: whatever a model
+# outputs (a wrong layout, a score threshold of 0), a request costs milliseconds, not minutes.
+PRE_NMS_TOP_K = 4096
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _columns(d: dict) -> tuple[int, int, int]:
+    """(box, objectness or -1, first class) column of a `detections` tensor (spec.DecodedLayout.columns)."""
+    obj = int(d.get("objectness_column", -1))
+    if obj < 0 and d.get("has_objectness"):
+        obj = 4
+    box = int(d.get("box_column", 0))
+    cls = int(d.get("class_column", -1))
+    return box, obj, cls if cls >= 0 else max(box + 4, obj + 1)
 
 
 class Decoder:
@@ -27,7 +40,8 @@ class Decoder:
     `spec` is the `DetectorSpec` as a dict (its JSON), so this runs where TensorFlow is absent.
     """
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, pre_nms_top_k: int = PRE_NMS_TOP_K):
+        self.pre_nms_top_k = int(pre_nms_top_k)
         self.height, self.width = int(spec["input_height"]), int(spec["input_width"])
         self.num_classes = int(spec["num_classes"])
         self.heads = []
@@ -37,9 +51,11 @@ class Decoder:
             self.heads.append({
                 "name": h["name"], "anchors": np.asarray(h["anchors"], np.float32), "stride": float(h["stride"]),
                 "grid": (gh, gw), "sxy": float(h.get("scale_x_y", 1.0)), "new_coords": bool(h.get("new_coords")),
+                "activated": set(h.get("activated") or ()), "sxy_applied": bool(h.get("scale_x_y_applied")),
                 "gx": xs, "gy": ys,
             })
         self.decoded = spec.get("decoded")
+        self.nms_applied = bool(self.decoded) and len(self.decoded["outputs"]) == 4  # nms_boxes, _scores, _classes, _count
 
     @property
     def output_names(self) -> list[str]:
@@ -57,17 +73,21 @@ class Decoder:
         b, gh, gw = out.shape[0], out.shape[1], out.shape[2]
         a = len(h["anchors"])
         t = out.reshape(b, gh, gw, a, 5 + self.num_classes)
-        obj = t[..., 4] if h["new_coords"] else _sigmoid(t[..., 4])
+        done = {"xy", "obj", "cls"} if h["new_coords"] else h["activated"]  # groups the model already decoded
+        obj = t[..., 4] if "obj" in done else _sigmoid(t[..., 4])
         bi, yi, xi, ai = np.nonzero(obj > thr)  # score = obj * cls <= obj: nothing else can pass
         sel = t[bi, yi, xi, ai].astype(np.float32, copy=False)  # [n, 5+C]
         o = obj[bi, yi, xi, ai][:, None]
+        xy = sel[:, 0:2] if "xy" in done else _sigmoid(sel[:, 0:2])
+        cls = sel[:, 5:] if "cls" in done else _sigmoid(sel[:, 5:])
         if h["new_coords"]:
-            xy, wh, cls = sel[:, 0:2], (2.0 * sel[:, 2:4]) ** 2, sel[:, 5:]
+            wh = (2.0 * sel[:, 2:4]) ** 2
         else:
-            xy, wh, cls = _sigmoid(sel[:, 0:2]), np.exp(sel[:, 2:4]), _sigmoid(sel[:, 5:])
+            wh = sel[:, 2:4] if "wh" in done else np.exp(sel[:, 2:4])
         s = h["sxy"]
-        cx = (xy[:, 0] * s - 0.5 * (s - 1) + h["gx"][yi, xi]) * (self.width / gw)
-        cy = (xy[:, 1] * s - 0.5 * (s - 1) + h["gy"][yi, xi]) * (self.height / gh)
+        offset = xy if h["sxy_applied"] else xy * s - 0.5 * (s - 1)
+        cx = (offset[:, 0] + h["gx"][yi, xi]) * (self.width / gw)
+        cy = (offset[:, 1] + h["gy"][yi, xi]) * (self.height / gh)
         anc = h["anchors"][ai]
         w, hh = wh[:, 0] * anc[:, 0], wh[:, 1] * anc[:, 1]
         scores = o * cls
@@ -77,15 +97,29 @@ class Decoder:
 
     def _decoded(self, outputs, thr):
         d = self.decoded
+        if self.nms_applied:  # the model's own NMS: its first `count` rows per image are the detections
+            boxes, scores = outputs["nms_boxes"], outputs["nms_scores"]
+            count = np.asarray(outputs["nms_count"]).reshape(len(boxes), -1)[:, 0].astype(np.int64)
+            valid = np.arange(scores.shape[1])[None, :] < count[:, None]
+            bi, ni = np.nonzero(valid & (scores > thr))
+            return bi, self._to_xyxy(boxes[bi, ni].astype(np.float32)), scores[bi, ni], \
+                outputs["nms_classes"][bi, ni].astype(np.int64)
         if tuple(d["outputs"]) == ("detections",):
             det = outputs["detections"]
-            boxes, scores = det[..., :4], det[..., 4:]
+            box_col, obj_col, cls_col = _columns(d)
+            boxes, scores = det[..., box_col:box_col + 4], det[..., cls_col:cls_col + self.num_classes]
+            if obj_col >= 0:
+                scores = det[..., obj_col:obj_col + 1] * scores
         else:
-            boxes, scores = outputs["boxes"], outputs["scores"]
-        if d.get("has_objectness"):
-            scores = scores[..., :1] * scores[..., 1:]
+            boxes, scores = outputs["decoded_boxes"], outputs["decoded_scores"]
+            if d.get("has_objectness"):
+                scores = scores[..., :1] * scores[..., 1:]
         bi, ni, ki = np.nonzero(scores > thr)
-        bx = boxes[bi, ni].astype(np.float32)
+        return bi, self._to_xyxy(boxes[bi, ni].astype(np.float32)), scores[bi, ni, ki], ki
+
+    def _to_xyxy(self, bx: np.ndarray) -> np.ndarray:
+        """Boxes in the model's format -> x1, y1, x2, y2 in network-input pixels."""
+        d = self.decoded
         fmt = d["box_format"]
         if fmt == "yxyx":
             bx = bx[:, [1, 0, 3, 2]]
@@ -94,7 +128,7 @@ class Decoder:
                            bx[:, 0] + bx[:, 2] / 2, bx[:, 1] + bx[:, 3] / 2], axis=1)
         if d.get("normalized"):
             bx = bx * np.array([self.width, self.height, self.width, self.height], np.float32)
-        return bi, bx, scores[bi, ni, ki], ki
+        return bx
 
     # ---------------------------------------------------------------- final detections
     def __call__(self, outputs: dict[str, np.ndarray], meta: np.ndarray, score_threshold: float,
@@ -115,8 +149,15 @@ class Decoder:
             if not m.any():
                 continue
             bb, ss, cc = boxes[m], scores[m], classes[m]
-            xywh = np.concatenate([bb[:, :2], bb[:, 2:] - bb[:, :2]], axis=1)
-            keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, ss, cc, score_threshold, iou_threshold), np.int64).ravel()
+            if len(ss) > self.pre_nms_top_k:  # bounded work, whatever the model says
+                top = np.argpartition(-ss, self.pre_nms_top_k)[:self.pre_nms_top_k]
+                bb, ss, cc = bb[top], ss[top], cc[top]
+            if self.nms_applied:
+                keep = np.arange(len(ss))
+            else:
+                xywh = np.concatenate([bb[:, :2], bb[:, 2:] - bb[:, :2]], axis=1)
+                keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, ss, cc, score_threshold, iou_threshold),
+                                  np.int64).ravel()
             keep = keep[np.argsort(-ss[keep], kind="stable")][:k]
             n = len(keep)
             num[b, 0] = n

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .spec import ANCHOR_PRESETS, DecodedLayout, DetectorSpec, SpecError, YoloHead, read_names
+from .spec import ANCHOR_PRESETS, NMS_OUTPUTS, TWO_OUTPUTS, DecodedLayout, DetectorSpec, SpecError, YoloHead, read_names
 
 
 class ModelLoadError(ValueError):
@@ -53,16 +53,18 @@ class ImportOptions:
     keras: Path | None = None
     names: Path | None = None
     layout_file: Path | None = None  # JSON with any of the keys below
-    layout: dict = field(default_factory=dict)  # raw|decoded, anchors, masks, scale_x_y, new_coords, box_format, ...
+    layout: dict = field(default_factory=dict)  # raw|decoded|nms, anchors, masks, scale_x_y, new_coords, box_format, ...
+    custom_objects: str | None = None  # module (name or .py path) whose import registers the model's custom classes
 
 
 def import_model(opts: ImportOptions) -> ImportedDetector:
     if opts.keras is not None:
         if opts.cfg or opts.weights:
             raise SpecError("give either --keras or --cfg/--weights, not both")
-        layout = dict(json.loads(Path(opts.layout_file).read_text())) if opts.layout_file else {}
+        layout = read_layout_file(opts.layout_file) if opts.layout_file else {}
         layout.update({k: v for k, v in opts.layout.items() if v is not None})
-        return import_keras(Path(opts.keras), read_names(opts.names) if opts.names else (), layout)
+        return import_keras(Path(opts.keras), read_names(opts.names) if opts.names else (), layout,
+                            load_custom_objects(opts.custom_objects))
     if not (opts.cfg and opts.weights):
         raise SpecError("darknet import needs both --cfg and --weights")
     from .darknet import import_darknet
@@ -72,8 +74,55 @@ def import_model(opts: ImportOptions) -> ImportedDetector:
 
 # --------------------------------------------------------------------------- Keras / SavedModel
 
+LAYOUT_KEYS = ("layout", "anchors", "masks", "scale_x_y", "new_coords", "activated", "scale_x_y_applied",
+               "box_format", "normalized_boxes", "has_objectness", "box_column", "objectness_column",
+               "class_column", "num_classes", "input_size")
 
-def _load(path: Path):
+
+def read_layout_file(path: Path) -> dict:
+    """--layout-file JSON: the same keys as the flags (normalized_boxes for --normalized-boxes, ...)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a layout file is a JSON object")
+    if "normalized" in data:  # the name this key had before it matched --normalized-boxes
+        data.setdefault("normalized_boxes", data.pop("normalized"))
+    unknown = sorted(set(data) - set(LAYOUT_KEYS))
+    if unknown:
+        raise SpecError(f"{path}: unknown layout keys {unknown}; known: {', '.join(LAYOUT_KEYS)}")
+    return data
+
+
+def load_custom_objects(module: str | None) -> dict:
+    """Import the module that defines/registers a model's custom layers and functions; its public names."""
+    if not module:
+        return {}
+    import importlib
+    import importlib.util
+    import sys
+
+    try:
+        if module.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(module).stem, module)
+            if spec is None or not Path(module).is_file():
+                raise ModelLoadError(f"--custom-objects {module}: no such file")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(module)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"--custom-objects {module}: import failed: {type(e).__name__}: {e}") from e
+    return {k: v for k, v in vars(mod).items() if not k.startswith("_")}
+
+
+SAVEDMODEL_HINT = ("if it holds custom layers or Lambda functions, pass --custom-objects MODULE (the module that "
+                   "defines them), or export a SavedModel where the model's code is at hand "
+                   "(tf.saved_model.save(model, DIR) or model.export(DIR)) and pass --keras DIR")
+
+
+def _load(path: Path, custom_objects: dict | None = None):
     """Return (kind, object) for a .keras, .h5 or SavedModel directory."""
     if not path.exists():
         raise FileNotFoundError(f"Keras model not found: {path}")
@@ -83,6 +132,9 @@ def _load(path: Path):
                 raise ModelLoadError(f"{path} is a directory without saved_model.pb: not a SavedModel")
             import tensorflow as tf
 
+            # Grappler's remapper fuses BatchNorm + Mish for oneDNN and then fails at run time ("Fusion is
+            # not implemented: [FusedBatchNorm,Mish]") for SavedModels from tf.keras 2 YOLOv4s; turn it off.
+            tf.config.optimizer.set_experimental_options({"remapping": False})
             obj = tf.saved_model.load(str(path))
             if "serving_default" not in obj.signatures:
                 raise ModelLoadError(f"{path}: SavedModel has no 'serving_default' signature "
@@ -91,21 +143,25 @@ def _load(path: Path):
         if path.suffix == ".keras":
             import keras
 
-            return "keras3", keras.saving.load_model(str(path), compile=False)
+            # safe_mode stays on (no bytecode from the file); --custom-objects supplies the code instead
+            return "keras3", keras.saving.load_model(str(path), compile=False, custom_objects=custom_objects or None)
         if path.suffix in (".h5", ".hdf5"):
             # Files saved by tf.keras <= 2.15 hold TFOpLambda/SlicingOpLambda layers: only legacy Keras loads them.
             import tf_keras
 
-            return "keras2", tf_keras.models.load_model(str(path), compile=False)
+            return "keras2", tf_keras.models.load_model(str(path), compile=False, custom_objects=custom_objects or None)
     except (ModelLoadError, FileNotFoundError):
         raise
     except Exception as e:  # loaders raise anything from OSError to TypeError on a bad file
-        raise ModelLoadError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        hint = f"; {SAVEDMODEL_HINT}" if path.suffix in (".keras", ".h5", ".hdf5") else ""
+        raise ModelLoadError(f"cannot load {path}: {type(e).__name__}: {first}{hint}") from e
     raise ModelLoadError(f"{path}: unknown model format (expected .keras, .h5 or a SavedModel directory)")
 
 
-def import_keras(path: Path, class_names: tuple[str, ...], layout: dict) -> ImportedDetector:
-    kind, obj = _load(path)
+def import_keras(path: Path, class_names: tuple[str, ...], layout: dict,
+                 custom_objects: dict | None = None) -> ImportedDetector:
+    kind, obj = _load(path, custom_objects)
     if kind == "savedmodel":
         sig = obj.signatures["serving_default"]
         args, kwargs = sig.structured_input_signature
@@ -116,6 +172,7 @@ def import_keras(path: Path, class_names: tuple[str, ...], layout: dict) -> Impo
         in_shape = tuple(inputs[0].shape)
         out_keys = sorted(sig.structured_outputs)  # signature outputs are a dict; sort for a stable order
         out_shapes = [tuple(sig.structured_outputs[k].shape) for k in out_keys]
+        out_names = list(out_keys)
 
         def raw_call(x, _sig=sig, _in=in_name, _keys=out_keys):
             res = _sig(**{_in: x}) if _in else _sig(x)
@@ -126,15 +183,37 @@ def import_keras(path: Path, class_names: tuple[str, ...], layout: dict) -> Impo
         if in_shape is None:
             raise SpecError(f"{path}: the model has {len(obj.inputs)} inputs; a detector takes one image tensor")
         out_shapes = [tuple(t.shape) for t in obj.outputs]
+        out_names = [getattr(t, "name", "") or "" for t in obj.outputs]
 
         def raw_call(x, _m=obj):
             out = _m(x, training=False)
             return list(out) if isinstance(out, (list, tuple)) else [out]
         model = obj
 
-    spec, order = infer_spec(path.name, in_shape, out_shapes, class_names, layout)
+    spec, order = infer_spec(path.name, in_shape, out_shapes, class_names, layout, out_names)
+    adapt = _adapter(spec, out_shapes, order)
     return ImportedDetector(model=model, spec=spec, source=f"{kind} {path.name}",
-                            call=lambda x: [raw_call(x)[i] for i in order], trackable=obj)
+                            call=lambda x: adapt([raw_call(x)[i] for i in order]), trackable=obj)
+
+
+def _adapter(spec: DetectorSpec, out_shapes, order):
+    """Graph ops that bring the model's outputs to the spec's contract (they become part of the ONNX):
+    rank-5 heads [N,S,S,A,5+C] -> [N,S,S,A*(5+C)]; an NMS model's outputs -> float32, count [N, 1]."""
+    if spec.heads and any(len(out_shapes[i]) == 5 for i in order):
+        def flatten(outs):
+            import tensorflow as tf
+
+            return [tf.reshape(o, [-1, h.grid[0], h.grid[1], len(h.anchors) * (5 + spec.num_classes)])
+                    for o, h in zip(outs, spec.heads)]
+        return flatten
+    if spec.decoded is not None and spec.decoded.nms_applied:
+        def nms(outs):
+            import tensorflow as tf
+
+            boxes, scores, classes, count = (tf.cast(o, tf.float32) for o in outs)
+            return [boxes, scores, classes, tf.reshape(count, [-1, 1])]
+        return nms
+    return lambda outs: outs
 
 
 def _pairs(v) -> list[tuple[float, float]]:
@@ -144,7 +223,8 @@ def _pairs(v) -> list[tuple[float, float]]:
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
-def infer_spec(label: str, in_shape, out_shapes, class_names, layout: dict) -> tuple[DetectorSpec, list[int]]:
+def infer_spec(label: str, in_shape, out_shapes, class_names, layout: dict,
+               out_names=None) -> tuple[DetectorSpec, list[int]]:
     """Describe the outputs; returns the spec and the order that maps model outputs to spec outputs."""
     if len(in_shape) != 4 or in_shape[-1] != 3:
         raise SpecError(f"{label}: input shape {in_shape} is not NHWC with 3 channels")
@@ -155,18 +235,24 @@ def infer_spec(label: str, in_shape, out_shapes, class_names, layout: dict) -> t
         h, w = (size, size) if isinstance(size, int) else tuple(size)
     if h is None or w is None:
         raise SpecError(f"{label}: input height/width are not fixed in the model: pass --input-size")
-    ranks = {len(s) for s in out_shapes}
-    kind = layout.get("layout") or ("raw" if ranks == {4} else "decoded" if ranks == {3} else None)
+    ranks = sorted(len(s) for s in out_shapes)
+    kind = layout.get("layout") or ("raw" if set(ranks) in ({4}, {5}) else "decoded" if set(ranks) == {3}
+                                    else "nms" if ranks == [1, 2, 2, 3] else None)
     if kind is None:
-        raise SpecError(f"{label}: cannot tell the output layout from shapes {out_shapes}: pass --layout raw|decoded")
+        raise SpecError(f"{label}: cannot tell the output layout from shapes {out_shapes}: pass --layout "
+                        "raw|decoded|nms (nms: boxes, scores, classes, count from the model's own NMS)")
     if kind == "raw":
         return _raw_spec(label, h, w, out_shapes, class_names, layout)
+    if kind == "nms":
+        return _nms_spec(label, h, w, out_shapes, class_names, layout, out_names or [""] * len(out_shapes))
     return _decoded_spec(label, h, w, out_shapes, class_names, layout)
 
 
 def _raw_spec(label, h, w, out_shapes, class_names, layout):
+    if all(len(s) == 5 for s in out_shapes):  # [N,S,S,A,5+C]: the exported graph flattens the anchors
+        out_shapes = [(n, sh, sw, None if a is None or c is None else a * c) for n, sh, sw, a, c in out_shapes]
     if any(len(s) != 4 for s in out_shapes):
-        raise SpecError(f"{label}: raw YOLO heads are [N,S,S,A*(5+C)], got {out_shapes}")
+        raise SpecError(f"{label}: raw YOLO heads are [N,S,S,A*(5+C)] or [N,S,S,A,5+C], got {out_shapes}")
     # Heads are ordered by stride, finest grid first; anchors/masks are given in that order.
     order = sorted(range(len(out_shapes)), key=lambda i: -(out_shapes[i][1] or 0))
     preset = ANCHOR_PRESETS.get(layout.get("anchors")) if isinstance(layout.get("anchors"), str) else None
@@ -203,31 +289,82 @@ def _raw_spec(label, h, w, out_shapes, class_names, layout):
             raise SpecError(f"{label}: heads disagree on the class count ({num_classes} vs {c})")
         num_classes = c
         heads.append(YoloHead(name=f"head_{k}", anchors=tuple(anchors[m] for m in masks[k]), stride=w // gw,
-                              grid=(gh, gw), scale_x_y=sxy[k], new_coords=bool(layout.get("new_coords", False))))
+                              grid=(gh, gw), scale_x_y=sxy[k], new_coords=bool(layout.get("new_coords", False)),
+                              activated=_groups(layout.get("activated")),
+                              scale_x_y_applied=bool(layout.get("scale_x_y_applied", False))))
     return DetectorSpec(input_height=h, input_width=w, num_classes=num_classes, heads=tuple(heads),
                         class_names=tuple(class_names)), order
 
 
-def _decoded_spec(label, h, w, out_shapes, class_names, layout):
-    if "box_format" not in layout or layout["box_format"] is None:
+def _groups(value) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip())
+
+
+def _need_box_format(label, layout):
+    if layout.get("box_format") is None:
         raise SpecError(f"{label}: decoded outputs need the box format, which a model does not record: "
                         "pass --box-format xyxy|yxyx|cxcywh (and --normalized-boxes if they are in [0,1])")
+
+
+def _nms_spec(label, h, w, out_shapes, class_names, layout, names):
+    """boxes [N,K,4], scores [N,K], classes [N,K], count [N]: told apart by rank, then by name."""
+    _need_box_format(label, layout)
+    if sorted(len(s) for s in out_shapes) != [1, 2, 2, 3] or out_shapes[[len(s) for s in out_shapes].index(3)][-1] != 4:
+        raise SpecError(f"{label}: an NMS layout is boxes [N,K,4], scores [N,K], classes [N,K], count [N]; "
+                        f"got {out_shapes}")
+    boxes = [len(s) for s in out_shapes].index(3)
+    count = [len(s) for s in out_shapes].index(1)
+    pair = [i for i, s in enumerate(out_shapes) if len(s) == 2]
+    named = {i: str(names[i]).lower() for i in pair}
+    scores = [i for i in pair if "score" in named[i]]
+    classes = [i for i in pair if "class" in named[i] or "label" in named[i]]
+    if len(scores) == 1 and len(classes) == 1 and scores != classes:
+        order = [boxes, scores[0], classes[0], count]
+    elif not any(named.values()) or names == [""] * len(names):
+        order = [boxes, pair[0], pair[1], count]  # unnamed: combined_non_max_suppression's order
+    else:
+        raise SpecError(f"{label}: cannot tell scores from classes among outputs {[names[i] for i in pair]}: "
+                        "name them with 'score' and 'class'")
+    if not (layout.get("num_classes") or class_names):
+        raise SpecError(f"{label}: a model that ends in NMS does not show its class count: pass --names or --num-classes")
+    num_classes = int(layout.get("num_classes") or len(class_names))
+    dec = DecodedLayout(box_format=layout["box_format"], normalized=bool(layout.get("normalized_boxes", False)),
+                        outputs=NMS_OUTPUTS)
+    return DetectorSpec(input_height=h, input_width=w, num_classes=num_classes, decoded=dec,
+                        class_names=tuple(class_names)), order
+
+
+def _decoded_spec(label, h, w, out_shapes, class_names, layout):
+    _need_box_format(label, layout)
     objectness = bool(layout.get("has_objectness", False))
     extra = 1 if objectness else 0
+    columns = {k: int(layout[k]) for k in ("box_column", "objectness_column", "class_column")
+               if layout.get(k) is not None}
     if len(out_shapes) == 1:
         last = out_shapes[0][-1]
-        if len(out_shapes[0]) != 3 or last is None or last < 5 + extra:
-            raise SpecError(f"{label}: a single decoded output is [N, boxes, 4+C], got {out_shapes[0]}")
-        num_classes, outputs, order = last - 4 - extra, ("detections",), [0]
+        probe = DecodedLayout(has_objectness=objectness, **columns)
+        first_class = probe.columns()[2]
+        if len(out_shapes[0]) != 3 or last is None or last <= first_class:
+            raise SpecError(f"{label}: a single decoded output is [N, boxes, columns] with the class scores from "
+                            f"column {first_class} on, got {out_shapes[0]}")
+        num_classes, outputs, order = last - first_class, ("detections",), [0]
+        if class_names and len(class_names) < num_classes and layout.get("class_column") is None:
+            raise SpecError(f"{label}: names file has {len(class_names)} names, the output has {num_classes} columns "
+                            f"from column {first_class} on: if some are not class scores, say where the classes "
+                            f"start with --class-column (and --box-column/--objectness-column)")
     elif len(out_shapes) == 2:
         box_i = [i for i, s in enumerate(out_shapes) if s[-1] == 4]
         if len(box_i) != 1:
             raise SpecError(f"{label}: with two decoded outputs one must be boxes [N, boxes, 4]; got {out_shapes}")
         order = [box_i[0], 1 - box_i[0]]
-        num_classes, outputs = out_shapes[order[1]][-1] - extra, ("boxes", "scores")
+        num_classes, outputs = out_shapes[order[1]][-1] - extra, TWO_OUTPUTS
     else:
         raise SpecError(f"{label}: decoded layout has 1 or 2 outputs, the model has {len(out_shapes)}")
-    dec = DecodedLayout(box_format=layout["box_format"], normalized=bool(layout.get("normalized", False)),
-                        has_objectness=objectness, outputs=outputs)
+    if len(out_shapes) != 1 and columns:
+        raise SpecError(f"{label}: --box-column/--objectness-column/--class-column describe a single decoded output")
+    dec = DecodedLayout(box_format=layout["box_format"], normalized=bool(layout.get("normalized_boxes", False)),
+                        has_objectness=objectness, outputs=outputs, **columns)
     return DetectorSpec(input_height=h, input_width=w, num_classes=num_classes, decoded=dec,
                         class_names=tuple(class_names)), order

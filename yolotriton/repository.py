@@ -339,6 +339,9 @@ def validate_repository(root: Path, allow_pending_plan: bool = False) -> dict:
             for model_tensor, ens_tensor in step.output_map.items():
                 if model_tensor not in m_out:
                     raise RepositoryError(f"{name}: {step.model_name} has no output {model_tensor!r}")
+                if ens_tensor in avail:  # Triton refuses to load such an ensemble
+                    raise RepositoryError(f"{name}: ensemble tensor {ens_tensor!r} is produced twice "
+                                          f"(again by {step.model_name})")
                 avail[ens_tensor] = m_out[model_tensor]
         for t in cfg.output:
             if t.name not in avail:

@@ -1,0 +1,113 @@
+"""Layout sanity gate: decode the exported model's outputs on the parity photos with the layout the build
+is about to serve, and refuse layouts whose detections are implausible, naming the likely fix.
+
+Entry point: `check_layout(spec, onnx_path, images, score_threshold)`. The parity gate proves that ONNX
+computes what Keras computes; this gate is about what the numbers mean. A wrong layout flag otherwise
+serves garbage that looks like detections (hhk7734's partly activated heads decoded as raw: every box
+scoring about 0.5, nothing the reference finds).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .detections import Decoder
+from .spec import ACTIVATED_GROUPS, INPUT_NAME, DetectorSpec, SpecError
+
+MOST = 0.5  # "most candidates" / "most boxes"
+
+
+def _sigmoid_like(values: np.ndarray, margin: float = 1e-6) -> bool:
+    """All values within [0, 1] (+ margin): what a sigmoid produces, and raw logits of a trained head never do.
+    xy gets a margin of 0.15: sigmoid * scale_x_y - (scale_x_y - 1)/2 reaches -0.1..1.1 for scale_x_y 1.2."""
+    return values.size > 0 and float(values.min()) >= -margin and float(values.max()) <= 1 + margin
+
+
+def _raw_problems(spec: DetectorSpec, outputs: dict) -> list[str]:
+    problems = []
+    groups = {"xy": slice(0, 2), "obj": slice(4, 5), "cls": slice(5, None)}
+    for head in spec.heads:
+        t = outputs[head.name].reshape(*outputs[head.name].shape[:3], len(head.anchors), 5 + spec.num_classes)
+        done = {"xy", "obj", "cls"} if head.new_coords else set(head.activated)
+        margin = {"xy": 0.15}
+        looks_activated = [g for g, sl in groups.items() if _sigmoid_like(t[..., sl], margin.get(g, 1e-6))]
+        undeclared = [g for g in looks_activated if g not in done]
+        if undeclared:
+            flags = "--activated " + ",".join(g for g in ACTIVATED_GROUPS if g in set(looks_activated) | done)
+            if "xy" in looks_activated and not head.scale_x_y_applied:
+                # the range cannot tell sigmoid from sigmoid * s - (s - 1)/2 for s near 1: say both
+                flags += (" (and --scale-x-y-applied if the model also applied scale_x_y to xy, as "
+                          "hhk7734/tensorflow-yolov4 does)")
+            problems.append(f"{head.name}: channels {','.join(undeclared)} all lie in [0, 1], as after a sigmoid, but "
+                            f"the layout decodes them as raw logits (a second sigmoid would put every score near 0.5): "
+                            f"pass {flags}")
+        wrong = [g for g in done if g in groups and not _sigmoid_like(t[..., groups[g]], margin.get(g, 1e-6))]
+        if wrong:
+            problems.append(f"{head.name}: channels {','.join(wrong)} are declared activated but range over "
+                            f"[{float(t[..., groups[wrong[0]]].min()):.3g}, {float(t[..., groups[wrong[0]]].max()):.3g}]:"
+                            " they look like raw logits; drop them from --activated")
+    return problems
+
+
+def _decoded_problems(spec: DetectorSpec, outputs: dict) -> list[str]:
+    problems = []
+    d = spec.decoded
+    score_tensors = [outputs[k] for k in ("decoded_scores", "nms_scores") if k in outputs]
+    if "detections" in outputs:
+        box, obj, first = d.columns()
+        det = outputs["detections"]
+        score_tensors = [det[..., first:]] + ([det[..., obj]] if obj >= 0 else [])
+    for s in score_tensors:
+        if s.size and (float(s.min()) < -1e-3 or float(s.max()) > 1 + 1e-3):
+            problems.append(f"scores range over [{float(s.min()):.3g}, {float(s.max()):.3g}], not [0, 1]: "
+                            "are the class columns right (--class-column, --objectness-column, --box-column)?")
+            break
+    return problems
+
+
+def check_layout(spec: DetectorSpec, onnx_path, images: np.ndarray, score_threshold: float) -> list[str]:
+    """Lines describing what was checked; raises SpecError naming the likely fix when implausible."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {INPUT_NAME: images})))
+    problems = _raw_problems(spec, outputs) if spec.heads else _decoded_problems(spec, outputs)
+    decoder = Decoder(json.loads(spec.to_json()))
+    bi, boxes, scores, _ = decoder.candidates(outputs, score_threshold)
+    n_img = len(images)
+    # how many (box, class) pairs could pass at all: the denominator of "most candidates"
+    if spec.heads:
+        pairs = sum(h.grid[0] * h.grid[1] * len(h.anchors) for h in spec.heads) * spec.num_classes
+    elif spec.decoded.nms_applied:
+        pairs = outputs["nms_scores"].shape[1]
+    else:
+        any_scores = outputs.get("decoded_scores", outputs.get("detections"))
+        pairs = any_scores.shape[1] * spec.num_classes
+    per_image = len(scores) / max(n_img, 1)
+    if not spec.decoded or not spec.decoded.nms_applied:
+        if per_image > MOST * pairs:
+            problems.append(f"{per_image:.0f} of {pairs} (box, class) candidates per photo score above "
+                            f"{score_threshold}: a real detector's are a handful; the layout flags likely "
+                            "misread the outputs (activations, columns or box format)")
+    if len(boxes):
+        w, h = spec.input_width, spec.input_height
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        outside = (cx < -0.5 * w) | (cx > 1.5 * w) | (cy < -0.5 * h) | (cy > 1.5 * h) | (bw <= 0) | (bh <= 0) | \
+                  (bw > 4 * w) | (bh > 4 * h)
+        if outside.mean() > MOST:
+            hint = ("boxes look normalized to [0, 1]: pass --normalized-boxes" if spec.decoded and
+                    not spec.decoded.normalized and float(np.abs(boxes).max()) <= 1.5 else
+                    "check --box-format, --normalized-boxes, --anchors and --activated wh")
+            problems.append(f"{outside.mean():.0%} of the boxes scoring above {score_threshold} are empty, inverted or "
+                            f"far outside the {w}x{h} input: {hint}")
+        tiny = (bw < 2) & (bh < 2)
+        if spec.decoded and spec.decoded.normalized is False and tiny.mean() > MOST:
+            problems.append(f"{tiny.mean():.0%} of the boxes scoring above {score_threshold} are under 2 pixels: "
+                            "they look normalized to [0, 1]: pass --normalized-boxes")
+    if problems:
+        raise SpecError("the output layout looks wrong for this model (decoded on the parity photos):\n  "
+                        + "\n  ".join(problems))
+    return [f"  {per_image:.1f} candidates per photo above {score_threshold}, "
+            f"{len(boxes) and float(np.median(boxes[:, 2] - boxes[:, 0])):.0f} px median box width: plausible"]

@@ -80,9 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="python target: fp16 serves an FP16 ONNX (FP32 I/O), accepted only past the accuracy gate")
     out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")
     trt = p.add_argument_group("TensorRT (--target tensorrt; --trt-accelerator for --target onnxruntime)")
-    trt.add_argument("--plan-builder", choices=("local", "docker"), default="local",
+    trt.add_argument("--plan-builder", choices=("local", "docker", "tensorrt-rtx"), default="local",
                      help="local: TensorRT's Python API here; docker: render build_plan.sh + docker-compose.yml "
-                          "that build with trtexec inside the NGC Triton image on the serving host")
+                          "that build with trtexec inside the NGC Triton image on the serving host; tensorrt-rtx: "
+                          "docker, after checking here that TensorRT-RTX's parser and builder take the ONNX")
     trt.add_argument("--fp32", action="store_true", help="build the plan in FP32 (default FP16, gated on accuracy)")
     trt.add_argument("--workspace-mib", type=int, default=2048, help="TensorRT builder workspace")
     trt.add_argument("--ngc-tag", default="24.10-py3", help="nvcr.io/nvidia/tritonserver tag that builds and serves")

@@ -1,9 +1,10 @@
 """FAKE TensorRT module for argument plumbing only.
 
-TensorRT cannot be installed on this project's machines. This stand-in records the calls
-`yolotriton.plan.build_plan` makes so tests can check *which* API calls and arguments it uses
-(profile shapes, workspace, FP16 flag vs strong typing, parser errors). It builds nothing and is
-never presented as a working build: its "plan" bytes are a marker string.
+TensorRT 10/11 cannot be installed on this project's machines; TensorRT-RTX (tests/test_tensorrt.py) builds
+real engines with the same builder code and covers parsing, strong typing, profiles and network I/O. This
+stand-in is kept for what no real builder here reaches: TensorRT 10's precision flag (BuilderFlag.FP16),
+the timing cache, and the refusal of a too-old TensorRT. It builds nothing and is never presented as a
+working build: its "plan" bytes are a marker string.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ class FakeTensorRT:
 
             def create_network(self, flags):
                 fake.calls.append(("create_network", flags))
-                return SimpleNamespace()
+                return SimpleNamespace(num_inputs=0, num_outputs=0)
 
             def create_builder_config(self):
                 return Config()

@@ -113,15 +113,9 @@ def test_build_plan_api_plumbing_with_fake_tensorrt(built_repo, tmp_path, monkey
     assert (tmp_path / "cache").read_bytes() == b"FAKE-TIMING-CACHE"
     assert meta["precision"] == "fp16" and meta["profile"]["max"] == [8, 416, 416, 3]
     assert json.loads((tmp_path / "plan.json").read_text())["tensorrt_version"] == "10.5.0"
-    # TensorRT 11: no precision flags; an FP16 ONNX and a strongly typed network instead
-    trt11 = FakeTensorRT("11.0.0")
-    build_plan(onnx_path, tmp_path / "model.plan", settings, lambda *_: None, opts, trt=trt11)
-    assert trt11.called("set_flag") == []
-    assert trt11.called("create_network") == [("create_network", 1 << 5)]
-    assert trt11.called("parse_from_file")[0][1].endswith("model.fp16.onnx")
-    assert trt11.called("create_timing_cache")[0][1] == b"FAKE-TIMING-CACHE"  # the cache is reused
-    with pytest.raises(PlanError, match="fake parser error 0"):
-        build_plan(onnx_path, tmp_path / "model.plan", settings, lambda *_: None, opts, trt=FakeTensorRT(parse_ok=False))
+    trt10b = FakeTensorRT("10.5.0")
+    build_plan(onnx_path, tmp_path / "model.plan", settings, lambda *_: None, opts, trt=trt10b)
+    assert trt10b.called("create_timing_cache")[0][1] == b"FAKE-TIMING-CACHE"  # the cache is reused
     with pytest.raises(PlanError, match="too old"):
         build_plan(onnx_path, tmp_path / "model.plan", settings, lambda *_: None, opts, trt=FakeTensorRT("8.6.1"))
 
@@ -172,3 +166,92 @@ def test_real_plan_build_and_serve_metadata(tmp_path):
     assert build_repo.main(["--output", str(out), "--target", "tensorrt"]) == 0
     meta = check_plan(out / "yolov4_detector" / "1")
     assert (out / "yolov4_detector" / "1" / "model.plan").stat().st_size > 1_000_000 and meta["precision"] == "fp16"
+
+
+# ------------------------------------------------------------------ real builds: TensorRT-RTX (no GPU needed)
+
+def _rtx():
+    import tensorrt_rtx_bindings
+
+    return tensorrt_rtx_bindings
+
+
+def _config_io(repo):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = text_format.Parse((repo / "yolov4_detector" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    name = model_config_pb2.DataType.Name
+    as_list = lambda ts: [{"name": t.name, "data_type": name(t.data_type), "shape": [-1, *t.dims]} for t in ts]
+    return cfg.max_batch_size, {"inputs": as_list(cfg.input), "outputs": as_list(cfg.output)}
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_tensorrt_rtx_builds_the_exported_onnx(built_repo, tmp_path, fp16):
+    """A real TensorRT parser and builder (TensorRT-RTX, ahead of time, no GPU) on the default build's ONNX:
+    FP32, and FP16 through a strongly typed network; the parsed network's I/O is what config.pbtxt declares."""
+    max_batch, declared = _config_io(built_repo)
+    meta = build_plan(built_repo / "yolov4_detector" / "1" / "model.onnx", tmp_path / "model.plan",
+                      RepositorySettings(target="tensorrt", max_batch_size=max_batch), lambda *_: None,
+                      PlanOptions(fp16=fp16), trt=_rtx())
+    assert (tmp_path / "model.plan").stat().st_size > 1_000_000
+    assert json.loads((tmp_path / "plan.json").read_text()) == meta
+    assert meta["builder"] == "TensorRT-RTX" and meta["precision"] == ("fp16" if fp16 else "fp32")
+    assert meta["profile"] == {"min": [1, 416, 416, 3], "opt": [max_batch, 416, 416, 3], "max": [max_batch, 416, 416, 3]}
+    assert {"inputs": meta["inputs"], "outputs": meta["outputs"]} == declared
+    if fp16:
+        assert (tmp_path / "model.fp16.onnx").is_file()  # strong typing: the precision is the ONNX's
+    with pytest.raises(PlanError, match="built by TensorRT-RTX"):
+        check_plan(tmp_path, "10.5.0", {"gpu": "x", "compute_capability": "8.9"})  # never served by Triton
+
+
+def test_tensorrt_rtx_reports_the_parsers_own_errors(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 416, 416, 3])
+    y = helper.make_tensor_value_info("head_0", TensorProto.FLOAT, ["batch", 416, 416, 3])
+    graph = helper.make_graph([helper.make_node("NoSuchYoloOp", ["images"], ["head_0"], domain="yolotriton.test")],
+                              "broken", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("yolotriton.test", 1)])
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    settings = RepositorySettings(target="tensorrt", max_batch_size=4)
+    with pytest.raises(PlanError, match="(?s)TensorRT-RTX could not parse broken.onnx:.*NoSuchYoloOp.*Plugin not found"):
+        build_plan(tmp_path / "broken.onnx", tmp_path / "model.plan", settings, lambda *_: None,
+                   PlanOptions(fp16=False), trt=_rtx())
+    rank3 = helper.make_graph([helper.make_node("Identity", ["images"], ["head_0"])], "rank3",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 416, 3])],
+                              [helper.make_tensor_value_info("head_0", TensorProto.FLOAT, ["batch", 416, 3])])
+    onnx.save(helper.make_model(rank3, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "rank3.onnx"))
+    with pytest.raises(PlanError, match="rank 3"):
+        build_plan(tmp_path / "rank3.onnx", tmp_path / "model.plan", settings, lambda *_: None,
+                   PlanOptions(fp16=False), trt=_rtx())
+    assert not (tmp_path / "model.plan").exists()
+
+
+def test_cli_tensorrt_rtx_check_build(tmp_path, capsys):
+    """--plan-builder tensorrt-rtx: the repository for the serving host, after a real check build here."""
+    out = tmp_path / "model_repository"
+    assert build_repo.main(["--output", str(out), "--target", "tensorrt", "--plan-builder", "tensorrt-rtx",
+                            "--max-batch-size", "4"]) == 0
+    check = json.loads((out / "plan-check.json").read_text())
+    assert check["builder"] == "TensorRT-RTX" and check["precision"] == "fp16"
+    assert check["profile"]["max"] == [4, 416, 416, 3] and check["inputs"][0]["name"] == "images"
+    assert (out / "build_plan.sh").is_file() and not (out / "yolov4_detector" / "1" / "model.plan").exists()
+    assert "TensorRT-RTX 1.7" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_tensorrt_rtx_builds_official_yolov4_608(shared, tmp_path):
+    """The full YOLOv4 (mish, SPP, 3 heads at 608) with random darknet-format weights, through the CLI."""
+    from test_darknet import write_random_weights
+    from yolotriton.darknet import build_graph, parse_cfg
+
+    weights = tmp_path / "yolov4.weights"
+    write_random_weights(build_graph(parse_cfg(shared / "yolov4.cfg")), weights, silent_heads=True)
+    out = tmp_path / "model_repository"
+    assert build_repo.main(["--cfg", str(shared / "yolov4.cfg"), "--weights", str(weights), "--names",
+                            str(shared / "coco.names"), "--output", str(out), "--target", "tensorrt",
+                            "--plan-builder", "tensorrt-rtx", "--fp32"]) == 0
+    check = json.loads((out / "plan-check.json").read_text())
+    assert [o["shape"] for o in check["outputs"]] == [[-1, 76, 76, 255], [-1, 38, 38, 255], [-1, 19, 19, 255]]
+    assert check["profile"]["max"] == [8, 608, 608, 3]

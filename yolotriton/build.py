@@ -40,7 +40,8 @@ class BuildOptions:
     opset: int = 17
     parity_images: tuple[Path, ...] = ()
     plan: PlanOptions = PlanOptions()  # --target tensorrt
-    plan_builder: str = "local"  # local: TensorRT here; docker: trtexec in the NGC image on the serving host
+    plan_builder: str = "local"  # local: TensorRT here; docker: trtexec in the NGC image on the serving host;
+    # tensorrt-rtx: docker, after a check build with TensorRT-RTX here (no GPU needed)
     ngc_tag: str = DEFAULT_NGC_TAG
     log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
@@ -89,6 +90,10 @@ def build(opts: BuildOptions) -> Path:
         from .plan import check_tensorrt_available
 
         check_tensorrt_available()  # fail before the slow stages
+    if s.target == "tensorrt" and opts.plan_builder == "tensorrt-rtx":
+        from .plan import check_tensorrt_rtx_available
+
+        check_tensorrt_rtx_available()
     t = time.perf_counter()
     det = import_model(opts.source)
     spec = det.spec
@@ -121,7 +126,7 @@ def build(opts: BuildOptions) -> Path:
         render_repository(staging, spec, s)
         if not (staging / "README.md").exists():
             (staging / "README.md").write_text(REPO_README)
-        validate_repository(staging, allow_pending_plan=s.target == "tensorrt" and opts.plan_builder == "docker")
+        validate_repository(staging, allow_pending_plan=s.target == "tensorrt" and opts.plan_builder != "local")
         log(f"[render] {len(list(staging.glob('*/config.pbtxt')))} models rendered and validated "
             f"({time.perf_counter() - t:.1f}s); preprocess on the {s.preprocess_device.upper()}, instances "
             f"{s.preprocess_instances}/{s.detector_instances}/{s.postprocess_instances} ({s.instances_reason})")
@@ -156,7 +161,17 @@ def _tensorrt_stage(opts: BuildOptions, spec, onnx_path: Path, batch, work: Path
     log, s = opts.log, opts.repo
     if opts.plan.fp16:
         _fp16_stage(opts, spec, onnx_path, batch, work / "model.fp16.onnx")
-    if opts.plan_builder == "docker":
+    if opts.plan_builder == "tensorrt-rtx":
+        # A check, not the served plan: TensorRT's ONNX parser and this builder code on the real ONNX.
+        import importlib
+        import json
+
+        meta = build_plan(onnx_path, work / "model.rtx.plan", s, log, opts.plan,
+                          trt=importlib.import_module("tensorrt_rtx_bindings"))
+        (staging / "plan-check.json").write_text(json.dumps(meta, indent=2) + "\n")
+        log(f"[plan] TensorRT-RTX {meta['tensorrt_version']} parsed and built the ONNX (a check: Triton serves "
+            "TensorRT plans, built on the serving host by build_plan.sh); its record is plan-check.json")
+    if opts.plan_builder in ("docker", "tensorrt-rtx"):
         written = render_docker_build(staging, spec, s, opts.plan, opts.ngc_tag)
         log(f"[plan] TensorRT is built on the serving host: run {written[0].name} there (NGC {opts.ngc_tag}), "
             "then `docker compose up`")

@@ -66,6 +66,11 @@ def gpu_identity() -> dict[str, str]:
     return {"gpu": name, "compute_capability": cc}
 
 
+def check_tensorrt_rtx_available() -> None:
+    if importlib.util.find_spec("tensorrt_rtx_bindings") is None:
+        raise PlanError("--plan-builder tensorrt-rtx needs tensorrt-rtx-cu12-bindings and -libs (make installs them)")
+
+
 def check_tensorrt_available() -> None:
     if not tensorrt_available():
         raise PlanError("--target tensorrt needs the TensorRT Python package (import tensorrt failed) and a GPU; "
@@ -152,25 +157,81 @@ def _iou(a, b) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+RTX_AOT_TARGETS = ("SM89",)  # TensorRT-RTX builds ahead of time for these, no GPU needed (the check build)
+TRITON_DTYPES = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+                 "INT8": "TYPE_INT8", "UINT8": "TYPE_UINT8", "BOOL": "TYPE_BOOL", "BF16": "TYPE_BF16"}
+
+
+@dataclass(frozen=True)
+class BuilderFlavor:
+    """The few ways the builders that build_plan drives differ; everything else is one API.
+
+    TensorRT 10: precision flags (BuilderFlag.FP16), timing cache. TensorRT 11: strong typing (no
+    precision flags: an FP16 network comes from an FP16 ONNX). TensorRT-RTX (module
+    tensorrt_rtx_bindings): strong typing too, timing-cache calls are deprecated no-ops, and it builds
+    ahead of time for named compute capabilities on a machine without a GPU. Triton's TensorRT backend
+    does not load TensorRT-RTX engines: here it only proves that our ONNX parses and builds.
+    """
+
+    product: str
+    version: str
+    strongly_typed: bool
+    timing_cache: bool
+    aot_targets: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, trt) -> "BuilderFlavor":
+        version = str(trt.__version__)
+        if "rtx" in str(getattr(trt, "__name__", "")).lower():
+            return cls("TensorRT-RTX", version, strongly_typed=True, timing_cache=False, aot_targets=RTX_AOT_TARGETS)
+        major = int(version.split(".")[0])
+        if major < 10:
+            raise PlanError(f"TensorRT {version} is too old: this builder uses the TensorRT 10/11 API")
+        return cls("TensorRT", version, strongly_typed=major >= 11, timing_cache=True)
+
+    def configure(self, trt, config) -> None:
+        if self.aot_targets:
+            config.num_compute_capabilities = len(self.aot_targets)
+        for i, target in enumerate(self.aot_targets):
+            config.set_compute_capability(getattr(trt.ComputeCapability, target), i)
+
+    def runs_on(self) -> dict[str, str]:
+        if self.aot_targets:
+            return {"gpu": f"none at build time (ahead of time for {', '.join(self.aot_targets)})",
+                    "compute_capability": ",".join(t[2:-1] + "." + t[-1] for t in self.aot_targets)}
+        return gpu_identity()
+
+
+def network_io(network) -> dict[str, list[dict]]:
+    """The parsed network's inputs and outputs as Triton would declare them (name, data type, dims)."""
+    def one(t):
+        dtype = str(t.dtype).split(".")[-1]
+        return {"name": t.name, "data_type": TRITON_DTYPES.get(dtype, dtype), "shape": [int(d) for d in t.shape]}
+    return {"inputs": [one(network.get_input(i)) for i in range(network.num_inputs)],
+            "outputs": [one(network.get_output(i)) for i in range(network.num_outputs)]}
+
+
 def build_plan(onnx_path: Path, plan_path: Path, settings, log=print, options: PlanOptions = PlanOptions(),
                trt=None) -> dict:
     """Build `plan_path` from `onnx_path` with the TensorRT Python API; returns the metadata written beside it.
 
-    `trt` is the tensorrt module (tests pass a clearly named fake to check argument plumbing only).
+    `trt` is the builder module: tensorrt (10 or 11, default) or tensorrt_rtx_bindings (see BuilderFlavor);
+    tests also pass a clearly named fake to reach the branches no real builder here takes.
     """
     import onnx
 
     trt = trt or importlib.import_module("tensorrt")
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise PlanError(f"TensorRT {trt.__version__} is too old: this builder uses the TensorRT 10/11 API")
+    flavor = BuilderFlavor.of(trt)
     graph_input = onnx.load(str(onnx_path), load_external_data=False).graph.input[0]
     dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise PlanError(f"{onnx_path.name}: input {graph_input.name} has rank {len(dims)}, the detector takes "
+                        "[batch, height, width, 3]")
     shapes = profile_shapes(dims[1], dims[2], settings.max_batch_size, options.opt_batch)
     source = onnx_path
     flags = 0  # TensorRT 10 deprecates EXPLICIT_BATCH (always on); 11 removes it
-    if options.fp16 and major >= 11:
-        # TensorRT 11 dropped the precision builder flags (strong typing): the precision is the ONNX's.
+    if options.fp16 and flavor.strongly_typed:
+        # no precision builder flags (strong typing): the precision is the ONNX's.
         source = to_fp16(onnx_path, plan_path.with_name("model.fp16.onnx"))
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -179,28 +240,32 @@ def build_plan(onnx_path: Path, plan_path: Path, settings, log=print, options: P
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(source)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise PlanError(f"TensorRT could not parse {source.name}:\n  " + "\n  ".join(errors or ["(no parser message)"]))
+        raise PlanError(f"{flavor.product} could not parse {source.name}:\n  " + "\n  ".join(errors or ["(no parser message)"]))
+    io = network_io(network)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-    if options.fp16 and major < 11:
+    if options.fp16 and not flavor.strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    flavor.configure(trt, config)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
     cache_file = Path(options.timing_cache)
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    log(f"[plan] building with TensorRT {trt.__version__} ({'fp16' if options.fp16 else 'fp32'}, batch "
+    if flavor.timing_cache:
+        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"[plan] building with {flavor.product} {flavor.version} ({'fp16' if options.fp16 else 'fp32'}, batch "
         f"{shapes['min'][0]}/{shapes['opt'][0]}/{shapes['max'][0]}, workspace {options.workspace_mib} MiB)")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise PlanError("TensorRT's builder returned no engine (its log above says why)")
+        raise PlanError(f"{flavor.product}'s builder returned no engine (its log above says why)")
     plan_path.write_bytes(bytes(memoryview(serialized)))
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
-    meta = {"tensorrt_version": str(trt.__version__), **gpu_identity(), "precision": "fp16" if options.fp16 else "fp32",
-            "profile": {k: list(v) for k, v in shapes.items()}, "onnx_sha256": _sha256(onnx_path),
-            "options": {k: str(v) for k, v in asdict(options).items()}}
+    if flavor.timing_cache:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    meta = {"builder": flavor.product, "tensorrt_version": flavor.version, **flavor.runs_on(),
+            "precision": "fp16" if options.fp16 else "fp32", "profile": {k: list(v) for k, v in shapes.items()},
+            **io, "onnx_sha256": _sha256(onnx_path), "options": {k: str(v) for k, v in asdict(options).items()}}
     (plan_path.parent / "plan.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -211,6 +276,9 @@ def check_plan(plan_dir: Path, tensorrt_version: str | None = None, gpu: dict | 
     if not meta_path.is_file():
         raise PlanError(f"{meta_path} is missing: cannot tell which TensorRT and GPU built this plan; rebuild it")
     meta = json.loads(meta_path.read_text())
+    if meta.get("builder", "TensorRT") != "TensorRT":
+        raise PlanError(f"{plan_dir / 'model.plan'} was built by {meta['builder']}, whose engines Triton's TensorRT "
+                        "backend does not load: rebuild it with TensorRT where it is served")
     if tensorrt_version is None:
         tensorrt_version = str(importlib.import_module("tensorrt").__version__)
     gpu = gpu or gpu_identity()

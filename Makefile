@@ -1,5 +1,6 @@
 # make        set up (.venv, pinned packages, Debian libraries) and build model_repository/ (default: yolov4-tiny)
-# make test   run the test suite (starts real tritonservers on free loopback ports)
+# make test   run the test suite (starts real tritonservers on free loopback ports), slow cases excluded
+# make test-slow  the slow cases (several model builds each; CI runs them after make test)
 # make serve  build if needed, then serve model_repository/ on 127.0.0.1 (gRPC 8001, HTTP 8000, metrics 8002)
 # make bench  served ensemble (perf_analyzer) vs in-process baselines -> bench/results/
 # make tune   measure configurations and write the best one back into model_repository/
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed
 REPO   := model_repository
 SOURCES := build_repo.py $(wildcard yolotriton/*.py) $(wildcard templates/*.j2 templates/*/*.py)
 
-.PHONY: all setup repo test serve bench tune soak plan-docker clean
+.PHONY: all setup repo test test-slow serve bench tune soak plan-docker clean
 all: repo
 
 setup: $(STAMP)
@@ -23,7 +24,10 @@ $(REPO)/yolov4/config.pbtxt: $(STAMP) $(SOURCES)
 	$(PY) build_repo.py --output $(REPO)
 
 test: $(STAMP)
-	$(PY) -m pytest -v -rs
+	$(PY) -m pytest -v -rs -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -v -rs -m slow
 
 serve: repo
 	$(VENV)/bin/tritonserver --model-repository $(REPO)

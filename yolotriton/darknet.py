@@ -292,7 +292,7 @@ def load_weights(graph: DarknetGraph, path: str | Path) -> None:
 
 
 def import_darknet(cfg: str | Path, weights: str | Path, names: str | Path | None = None):
-    from .importer import ImportedDetector
+    from .detector import ImportedDetector
 
     class_names = read_names(names) if names else ()
     # Check the weights file's existence before the (slow) graph build.

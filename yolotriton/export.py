@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .importer import ImportedDetector
+from .detector import ImportedDetector
 from .spec import INPUT_NAME
 
 PARITY_RTOL = 1e-4  # max|diff| <= 1e-4 * max(1, max|keras|), per output

@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     lay.add_argument("--custom-objects", help="module name or .py file to import before loading a .keras/.h5 "
                                               "(defines or registers its custom layers and Lambda functions)")
     out = p.add_argument_group("repository")
-    out.add_argument("--output", type=Path, default=Path("model_repository"))
+    out.add_argument("--output", default="model_repository",
+                     help="a folder, or s3://BUCKET/PREFIX: built here, then published (AWS_ENDPOINT_URL etc.)")
     out.add_argument("--name", default="yolov4", help="ensemble name; members are NAME_preprocess/_detector/_postprocess")
     out.add_argument("--target", default="auto", choices=("auto", "python", "onnxruntime", "tensorrt"),
                      help="detector: auto = tensorrt with TensorRT and a GPU, else python (ONNX Runtime in the Python backend)")
@@ -129,11 +130,12 @@ def main(argv=None) -> int:
     from yolotriton.images import ImageError
     from yolotriton.importer import ImportOptions, ModelLoadError
     from yolotriton.plan import PlanError
+    from yolotriton.publish import PublishError
     from yolotriton.repository import RepositoryError, RepositorySettings
     from yolotriton.spec import SpecError
 
     known = (FileNotFoundError, IsADirectoryError, PermissionError, CfgError, WeightsError, ExportError, ImageError,
-             ModelLoadError, PlanError, RepositoryError, SpecError, AssetError, ValueError)
+             ModelLoadError, PlanError, PublishError, RepositoryError, SpecError, AssetError, ValueError)
     try:
         target = resolve_target(args.target)
         on_gpu = target == "tensorrt" or args.trt_accelerator or args.detector_device == "gpu"
@@ -166,9 +168,12 @@ def main(argv=None) -> int:
             parity = parity or default.samples
         from yolotriton.plan import PlanOptions
 
-        build(BuildOptions(source=source, repo=repo, output=args.output, opset=args.opset, parity_images=tuple(parity),
+        output = args.output if args.output.startswith("s3://") else Path(args.output)
+        result = build(BuildOptions(source=source, repo=repo, output=output, opset=args.opset, parity_images=tuple(parity),
                            plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
                            plan_builder=args.plan_builder, ngc_tag=args.ngc_tag))
+        if isinstance(result, str):  # published: the last line is what serves it
+            print(f"--model-repository={result}", flush=True)
     except known as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ rebuilt from `templates/`. Serve it with `tritonserver --model-repository model_
 class BuildOptions:
     source: ImportOptions
     repo: RepositorySettings
-    output: Path = Path("model_repository")
+    output: Path | str = Path("model_repository")  # a folder, or s3://BUCKET/PREFIX (publish.py)
     opset: int = 17
     parity_images: tuple[Path, ...] = ()
     plan: PlanOptions = PlanOptions()  # --target tensorrt
@@ -82,7 +82,22 @@ def _swap_in(staging: Path, output: Path) -> None:
         shutil.rmtree(old)
 
 
-def build(opts: BuildOptions) -> Path:
+def build(opts: BuildOptions) -> Path | str:
+    """Build into opts.output; for s3://BUCKET/PREFIX build locally, publish, and return Triton's s3 path."""
+    if str(opts.output).startswith("s3://"):
+        from .publish import check_destination, publish
+
+        check_destination(str(opts.output))  # before the slow stages
+        local = Path(tempfile.mkdtemp(prefix="yolotriton-publish-")) / "model_repository"
+        try:
+            _build_local(dataclasses.replace(opts, output=local))
+            return publish(local, str(opts.output), opts.log)
+        finally:
+            shutil.rmtree(local.parent, ignore_errors=True)
+    return _build_local(opts)
+
+
+def _build_local(opts: BuildOptions) -> Path:
     log = opts.log
     t0 = time.perf_counter()
     s = opts.repo
@@ -103,7 +118,7 @@ def build(opts: BuildOptions) -> Path:
         raise ValueError("no images for the parity gate")
     batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode, s.letterbox_fill)
 
-    output = opts.output.resolve()
+    output = Path(opts.output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user

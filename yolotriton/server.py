@@ -142,7 +142,7 @@ def free_port() -> int:
 class TritonServer:
     """A tritonserver process on free loopback ports; use as a context manager."""
 
-    model_repository: Path
+    model_repository: Path | str  # a folder or an s3://[host:port/]bucket/path
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     http_port: int = field(default_factory=free_port)

@@ -1,0 +1,146 @@
+"""The repository on S3-compatible storage: publish with the project, serve with tritonserver's own S3 client.
+
+A real S3-compatible server runs on a free loopback port: moto's standalone server (`moto_server`, PyPI's
+moto[server]). Credentials and endpoint are the standard AWS variables, for boto3 and Triton alike.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+import build_repo
+from reference import assert_same_detections, opencv_detect, opencv_net
+from yolotriton.publish import PublishError, publish
+from yolotriton.server import TritonServer, free_port
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto_server on 127.0.0.1:PORT, and the AWS variables pointing at it (restored afterwards)."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.2)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="models")
+    yield client
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def keys(client, prefix):
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket="models", Prefix=prefix).get("Contents", []))
+
+
+def test_published_repository_is_served_from_s3(s3, built_repo, photos, default_model, tmp_path):
+    path = publish(built_repo, "s3://models/yolov4", log=lambda *_: None)
+    host = os.environ["AWS_ENDPOINT_URL"].split("//")[1]
+    assert path.startswith(f"s3://{host}/models/yolov4/builds/")  # Triton's form for a custom endpoint
+    build = path.split(f"s3://{host}/models/")[1]
+    stored = keys(s3, build)
+    assert f"{build}/yolov4/1/.keep" in stored and f"{build}/yolov4_raw/1/.keep" in stored  # ensembles' 1/
+    assert f"{build}/yolov4_detector/1/model.onnx" in stored
+    latest = s3.get_object(Bucket="models", Key="yolov4/LATEST")["Body"].read().decode().strip()
+    assert latest == build
+    net = opencv_net(default_model.cfg, default_model.weights)
+    with TritonServer(path, log_path=tmp_path / "tritonserver.log") as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for photo in photos[:4]:
+            data = np.array([[photo.read_bytes()]], dtype=object)
+            inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+            inp.set_data_from_numpy(data)
+            r = client.infer("yolov4", [inp])
+            n = int(r.as_numpy("num_detections")[0, 0])
+            ours = (r.as_numpy("boxes")[0, :n], r.as_numpy("scores")[0, :n], r.as_numpy("classes")[0, :n])
+            assert_same_detections(ours, opencv_detect(net, cv2.imread(str(photo)), (416, 416)), context=photo.name)
+    # a second publish is a new, complete prefix; LATEST moves only after it is written
+    path2 = publish(built_repo, "s3://models/yolov4", log=lambda *_: None)
+    assert path2 != path and keys(s3, path2.split(f"{host}/models/")[1]) and keys(s3, build) == stored
+
+
+def test_cli_publishes_and_prints_the_serving_flag_last(s3, capsys):
+    assert build_repo.main(["--output", "s3://models/cli"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("--model-repository=s3://127.0.0.1:") and "/models/cli/builds/" in last
+
+
+def _refused(capsys, url) -> str:
+    assert build_repo.main(["--output", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_bad_destinations_are_refused_before_the_build_and_leave_nothing(s3, capsys, monkeypatch):
+    assert "bucket 'nosuchbucket' does not exist" in _refused(capsys, "s3://nosuchbucket/x")
+    s3.put_object(Bucket="models", Key="taken/notes.txt", Body=b"someone else's")
+    assert "not this tool's builds" in _refused(capsys, "s3://models/taken")
+    assert keys(s3, "taken/") == ["taken/notes.txt"]
+    assert "give a prefix" in _refused(capsys, "s3://models")
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    t = time.monotonic()
+    assert "cannot reach the S3 endpoint" in _refused(capsys, "s3://models/unreachable")
+    assert time.monotonic() - t < 60
+
+
+def test_interrupted_upload_leaves_no_build_a_reader_could_load(s3, built_repo, monkeypatch):
+    """A failure midway (here: the 5th upload) deletes what was written; LATEST is not touched."""
+    import yolotriton.publish as pub
+
+    real = pub._client
+
+    def failing():
+        client = real()
+        calls = {"n": 0}
+        upload = client.upload_file
+
+        def flaky(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                from botocore.exceptions import EndpointConnectionError
+
+                raise EndpointConnectionError(endpoint_url="http://test")  # the network drops mid-publish
+            return upload(*a, **k)
+        client.upload_file = flaky
+        return client
+
+    monkeypatch.setattr(pub, "_client", failing)
+    with pytest.raises(PublishError, match="cannot reach"):
+        publish(built_repo, "s3://models/flaky", log=lambda *_: None)
+    assert keys(s3, "flaky/") == []

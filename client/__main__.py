@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("detect", help="detect objects in images")
     d.add_argument("images", nargs="+", type=Path)
-    d.add_argument("--url", help="server address (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)")
+    d.add_argument("--url", help="server address (default 127.0.0.1:8001 for gRPC, :8000 for HTTP); gRPC also takes "
+                                          "replicas, h1:8001,h2:8001 or dns:///name:8001 (round-robin)")
     d.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     d.add_argument("--model", default="yolov4")
     d.add_argument("--timeout", type=float, default=30.0)

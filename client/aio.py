@@ -7,8 +7,8 @@ from typing import AsyncIterator, Iterable, Sequence
 import numpy as np
 
 from .api import DEFAULT_URLS
-from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, load_image, preprocess_model_name, request_parameters,
-                   to_detections)
+from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, grpc_target, load_image, preprocess_model_name,
+                   request_parameters, to_detections)
 from .errors import ModelNotReady, classify
 
 
@@ -25,10 +25,14 @@ class AsyncYoloClient:
             import tritonclient.grpc as sync_module
             import tritonclient.grpc.aio as module
 
-            self._client = module.InferenceServerClient(self.url)
+            target, options = grpc_target(self.url)
+            self._client = module.InferenceServerClient(target, channel_args=options)
         else:
             import tritonclient.http as sync_module
             import tritonclient.http.aio as module
+
+            if "," in self.url:
+                raise ValueError("several replicas are balanced over gRPC only: use protocol='grpc'")
 
             self._client = module.InferenceServerClient(self.url, conn_timeout=timeout)
         self._types = sync_module  # InferInput / InferRequestedOutput are shared with the sync module

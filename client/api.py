@@ -8,8 +8,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, batches, load_image, preprocess_model_name,
-                   request_parameters, to_detections)
+from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, batches, grpc_target, load_image,
+                   preprocess_model_name, request_parameters, to_detections)
 from .errors import ModelNotReady, classify
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
@@ -19,6 +19,8 @@ SHM_MIN_BYTES = 4 * 1024 * 1024
 
 
 def _is_loopback(url: str) -> bool:
+    if "," in url or url.startswith("dns:"):  # several replicas: shared memory reaches none reliably
+        return False
     host = url.rsplit(":", 1)[0].strip("[]") if url.count(":") else url
     return host in ("localhost", "::1") or host.startswith("127.")
 
@@ -28,6 +30,7 @@ class YoloClient:
 
     >>> client = YoloClient("127.0.0.1:8001")                     # gRPC; protocol="http" for port 8000
     >>> for d in client.detect("dog.jpg"): print(d.label, d.score, d.box)
+    >>> YoloClient("10.0.0.5:8001,10.0.0.6:8001")                 # replicas: gRPC round_robin (also dns:///name:port)
 
     Only UNAVAILABLE (server unreachable or going away) is retried, `retries` times with
     exponential backoff from `backoff` seconds; everything else raises its typed error at once.
@@ -48,9 +51,13 @@ class YoloClient:
         if protocol == "grpc":
             import tritonclient.grpc as module
 
-            self._client = module.InferenceServerClient(self.url)
+            target, options = grpc_target(self.url)
+            self._client = module.InferenceServerClient(target, channel_args=options)
         else:
             import tritonclient.http as module
+
+            if "," in self.url:
+                raise ValueError("several replicas are balanced over gRPC only: use protocol='grpc'")
 
             self._client = module.InferenceServerClient(self.url, connection_timeout=timeout, network_timeout=timeout)
         self._module = module

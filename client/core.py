@@ -88,6 +88,42 @@ def to_detections(info: ModelInfo, outputs: dict[str, np.ndarray]) -> list[list[
     return result
 
 
+def grpc_target(url: str) -> tuple[str, list[tuple] | None]:
+    """gRPC channel target and channel options for one replica or several.
+
+    - "host:port": one server, tritonclient's default channel.
+    - "h1:8001,h2:8001,...": several replicas; names are resolved here to addresses once and the
+      list goes to gRPC's static resolver ("ipv4:"/"ipv6:"), with gRPC's own round_robin balancing.
+    - "dns:///name:port": gRPC's DNS resolver (e.g. a Kubernetes headless Service), round_robin.
+    round_robin skips a replica whose connection failed and reconnects to it in the background; the
+    client's retry of UNAVAILABLE then lands on another replica.
+    """
+    import socket
+
+    if not ("," in url or url.startswith("dns:")):
+        return url, None
+    options = [("grpc.lb_policy_name", "round_robin"),
+               ("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
+    if url.startswith("dns:"):
+        return url, options
+    v4, v6 = [], []
+    for part in (p.strip() for p in url.split(",") if p.strip()):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"replica {part!r} in {url!r}: expected host:port")
+        host = host.strip("[]")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise ValueError(f"replica {part!r}: cannot resolve {host!r} ({e})") from None
+        family, *_, addr = infos[0]
+        (v6 if family == socket.AF_INET6 else v4).append(
+            f"[{addr[0]}]:{addr[1]}" if family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}")
+    if v4 and v6:
+        raise ValueError(f"{url!r}: mix of IPv4 and IPv6 replicas; gRPC's static resolver takes one family")
+    return ("ipv6:" + ",".join(v6)) if v6 else ("ipv4:" + ",".join(v4)), options
+
+
 def batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]

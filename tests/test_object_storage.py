@@ -144,3 +144,89 @@ def test_interrupted_upload_leaves_no_build_a_reader_could_load(s3, built_repo, 
     with pytest.raises(PublishError, match="cannot reach"):
         publish(built_repo, "s3://models/flaky", log=lambda *_: None)
     assert keys(s3, "flaky/") == []
+
+
+# ------------------------------------------------------------------ replicas: one S3 repository, three servers
+
+def served_count(server) -> int:
+    """nv_inference_request_success for the ensemble, from the server's own metrics endpoint."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("nv_inference_request_success{") and 'model="yolov4"' in line)
+
+
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(x.class_id == y.class_id and abs(x.score - y.score) <= 2e-3 and
+                                    max(abs(u - v) for u, v in zip(x.box, y.box)) <= 0.5 for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_client_balances_replicas_and_survives_one_dying(s3, built_repo, photos, tmp_path):
+    """Three tritonservers on one published repository; YoloClient("a,b,c") with gRPC round_robin; 320
+    requests at concurrency 16 while replica b is SIGKILLed and later restarted on the same ports: every
+    result correct, none lost, each replica served a share (its own metrics)."""
+    import asyncio
+    import threading
+
+    from client import AsyncYoloClient, YoloClient
+
+    path = publish(built_repo, "s3://models/replicas", log=lambda *_: None)
+    servers = [TritonServer(path, log_path=tmp_path / f"triton-{i}.log") for i in range(3)]
+    for s in servers:
+        s.start()
+    try:
+        urls = ",".join(s.grpc_url for s in servers)
+        with YoloClient(servers[0].grpc_url) as one:
+            expected = [one.detect(p) for p in photos]
+        images = [photos[i % len(photos)] for i in range(320)]
+        done = threading.Event()
+        shares = {}
+
+        def chaos():
+            time.sleep(4)
+            shares["b before kill"] = served_count(servers[1])
+            servers[1].process.kill()  # SIGKILL: no graceful shutdown
+            servers[1].process.wait()
+            time.sleep(2)
+            servers[1] = TritonServer(path, log_path=tmp_path / "triton-1b.log", http_port=servers[1].http_port,
+                                      grpc_port=servers[1].grpc_port, metrics_port=servers[1].metrics_port)
+            servers[1].start()
+            done.set()
+
+        async def run():
+            results = {}
+            async with AsyncYoloClient(urls, retries=6, backoff=0.25) as c:
+                async for i, r in c.stream(images, concurrency=16):
+                    results[i] = r
+                done.wait(120)  # b is back up: the channel reconnects and round_robin reaches it again
+                await asyncio.sleep(2)
+                async for i, r in c.stream(images[:48], concurrency=8):
+                    results[1000 + i] = r
+            return results
+
+        killer = threading.Thread(target=chaos)
+        killer.start()
+        results = asyncio.run(run())
+        killer.join()
+        assert sorted(k for k in results if k < 1000) == list(range(len(images)))  # none lost
+        bad = [(k, r) for k, r in results.items() if isinstance(r, Exception) or
+               not same(r, expected[(k % 1000) % len(photos)])]
+        assert not bad, bad[:3]
+        assert shares["b before kill"] > 0
+        assert served_count(servers[0]) > 0 and served_count(servers[2]) > 0 and served_count(servers[1]) > 0
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_unreachable_replica_in_the_list_is_skipped(s3, server, photos):
+    from client import YoloClient
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with YoloClient(f"127.0.0.1:{closed},{server.grpc_url}") as c, YoloClient(server.grpc_url) as direct:
+        for p in photos[:4]:
+            assert same(c.detect(p), direct.detect(p))
+    with pytest.raises(ValueError, match="balanced over gRPC only"):
+        YoloClient(f"127.0.0.1:{closed},{server.http_url}", protocol="http")

@@ -90,6 +90,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     trt.add_argument("--ngc-tag", default="24.10-py3", help="nvcr.io/nvidia/tritonserver tag that builds and serves")
     trt.add_argument("--trt-accelerator", action="store_true",
                      help="onnxruntime target: Triton's TensorRT execution accelerator (FP16) on GPU instances")
+    dep = p.add_argument_group("Kubernetes (docs/deployment.md)")
+    dep.add_argument("--deploy-dir", type=Path, help="also render Kubernetes/KServe manifests and the serving "
+                                                      "image's Dockerfile into DIR (validated against Kubernetes' schemas)")
+    dep.add_argument("--deploy-model-repository", help="s3://... the replicas read (default: what --output s3:// published)")
+    dep.add_argument("--deploy-image", help="serving image (default yolotriton-NAME:NGC_TAG, from the rendered Dockerfile)")
+    dep.add_argument("--replicas", type=int, default=2, help="replicas (the autoscaler's minimum)")
+    dep.add_argument("--max-replicas", type=int, default=8)
     out.add_argument("--parity-images", type=Path, nargs="+",
                      help="images for the Keras-vs-ONNX parity gate (default: the default model's two photos)")
     return p.parse_args(argv)
@@ -130,12 +137,13 @@ def main(argv=None) -> int:
     from yolotriton.images import ImageError
     from yolotriton.importer import ImportOptions, ModelLoadError
     from yolotriton.plan import PlanError
+    from yolotriton.deploy import DeployError
     from yolotriton.publish import PublishError
     from yolotriton.repository import RepositoryError, RepositorySettings
     from yolotriton.spec import SpecError
 
     known = (FileNotFoundError, IsADirectoryError, PermissionError, CfgError, WeightsError, ExportError, ImageError,
-             ModelLoadError, PlanError, PublishError, RepositoryError, SpecError, AssetError, ValueError)
+             ModelLoadError, PlanError, PublishError, DeployError, RepositoryError, SpecError, AssetError, ValueError)
     try:
         target = resolve_target(args.target)
         on_gpu = target == "tensorrt" or args.trt_accelerator or args.detector_device == "gpu"
@@ -169,9 +177,26 @@ def main(argv=None) -> int:
         from yolotriton.plan import PlanOptions
 
         output = args.output if args.output.startswith("s3://") else Path(args.output)
+        deploy = None
+        if args.deploy_dir:  # checked before the slow stages
+            from yolotriton.deploy import DeploySettings
+
+            target_repo = args.deploy_model_repository or (args.output if args.output.startswith("s3://") else "")
+            deploy = DeploySettings(model_repository=target_repo, image=args.deploy_image or "",
+                                    replicas=args.replicas, max_replicas=args.max_replicas, ngc_tag=args.ngc_tag)
         result = build(BuildOptions(source=source, repo=repo, output=output, opset=args.opset, parity_images=tuple(parity),
                            plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
                            plan_builder=args.plan_builder, ngc_tag=args.ngc_tag))
+        if deploy is not None:
+            import dataclasses
+
+            from yolotriton.deploy import render_deploy
+
+            if not args.deploy_model_repository and isinstance(result, str):
+                deploy = dataclasses.replace(deploy, model_repository=result)
+            written = render_deploy(args.deploy_dir, deploy, repo)
+            print(f"[deploy] {len(written)} files in {args.deploy_dir} (validated), replicas read "
+                  f"{deploy.model_repository}", flush=True)
         if isinstance(result, str):  # published: the last line is what serves it
             print(f"--model-repository={result}", flush=True)
     except known as e:

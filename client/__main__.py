@@ -35,6 +35,21 @@ def draw(path: Path, detections, out_dir: Path) -> Path:
     return target
 
 
+def probe(args) -> int:
+    """Exit 0 when every one of a few tiny RAW_IMAGE requests succeeds, else 1 with the reason."""
+    import numpy as np
+
+    try:
+        with YoloClient(args.url, model=args.model, timeout=args.timeout, retries=0, shared_memory="never") as c:
+            for _ in range(args.requests):
+                c.detect(np.zeros((32, 32, 3), np.uint8))
+    except Exception as e:  # any failure is a failed probe; the message is what kubectl describe shows
+        print(f"probe failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.requests} inferences through {args.model}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m client")
     sub = p.add_subparsers(dest="command", required=True)
@@ -49,7 +64,15 @@ def main(argv=None) -> int:
     d.add_argument("--iou-threshold", type=float)
     d.add_argument("--json", action="store_true", help="print JSON instead of a table")
     d.add_argument("--out", type=Path, help="write each image with its detections drawn into this folder")
+    pr = sub.add_parser("probe", help="liveness/readiness: a few tiny inferences through the whole ensemble "
+                                      "(catches a dead Python stub, which Triton's own health endpoints do not)")
+    pr.add_argument("--url", default="127.0.0.1:8001")
+    pr.add_argument("--model", default="yolov4")
+    pr.add_argument("--requests", type=int, default=4, help="sequential requests (reach every instance)")
+    pr.add_argument("--timeout", type=float, default=5.0)
     args = p.parse_args(argv)
+    if args.command == "probe":
+        return probe(args)
 
     results, status = {}, 0
     try:

@@ -102,7 +102,9 @@ def grpc_target(url: str) -> tuple[str, list[tuple] | None]:
 
     if not ("," in url or url.startswith("dns:")):
         return url, None
+    # A replica that comes back should rejoin within seconds: gRPC's default reconnect backoff grows to 120 s.
     options = [("grpc.lb_policy_name", "round_robin"),
+               ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 2000),
                ("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
     if url.startswith("dns:"):
         return url, options

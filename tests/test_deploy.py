@@ -1,5 +1,5 @@
 """Kubernetes/KServe manifests (--deploy-dir) validated against Kubernetes' schemas, and the inference probe
-they use against a real tritonserver, a dead Python stub included. No cluster runs here (docs/deployment.md)."""
+they use against a real tritonserver, a dead Python stub included. No cluster runs here (docs/deploy.md)."""
 from __future__ import annotations
 
 import os
@@ -47,7 +47,7 @@ def test_manifests_render_and_validate(tmp_path):
     (isvc,) = load(out, "inferenceservice.yaml")
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "triton" and model["storageUri"] == "s3://models/yolov4/builds/20261126T120000Z-abc"
-    # the fields used exist in KServe's v1beta1 CRD (checked against its published schema: docs/deployment.md)
+    # the fields used exist in KServe's v1beta1 CRD (checked against its published schema: docs/deploy.md)
     assert set(model) <= {"modelFormat", "storageUri", "image", "args", "resources"}
     assert "onnxruntime-gpu" in (out / "Dockerfile").read_text() and "COPY client" in (out / "Dockerfile").read_text()
     cpu = tmp_path / "cpu"

@@ -5,7 +5,7 @@ Entry point: `publish(repository, url, log) -> str`, the exact `--model-reposito
 - Every publish uploads into a new prefix, `PREFIX/builds/<UTC time>-<content hash>/`, and only then
   writes `PREFIX/LATEST` (the build's prefix, one line). A Triton replica is started on a build's full
   path, which is complete before it is ever printed or pointed to: nothing it can list is partial.
-  New builds reach running replicas by a rollout to the new path (docs/deployment.md), not by
+  New builds reach running replicas by a rollout to the new path (docs/deploy.md), not by
   rewriting objects under a path a server is reading.
 - Object stores have no folders: Triton needs each model's version folder (an ensemble's `1/` is empty),
   so a zero-byte `.keep` object is written into every folder that would otherwise be empty.

@@ -24,24 +24,28 @@ from yolotriton.publish import PublishError, publish
 from yolotriton.server import TritonServer, free_port
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto_server on 127.0.0.1:PORT, and the AWS variables pointing at it (restored afterwards)."""
+def start_moto(log_dir: Path, **env) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    log = open(log_dir / f"moto-{port}.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            break
+            return proc, endpoint
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError("moto_server did not start")
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto_server on 127.0.0.1:PORT, and the AWS variables pointing at it (restored afterwards)."""
+    proc, endpoint = start_moto(tmp_path_factory.mktemp("moto"))
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
@@ -58,7 +62,6 @@ def s3(tmp_path_factory):
             os.environ[k] = v
     proc.terminate()
     proc.wait(10)
-    log.close()
 
 
 def keys(client, prefix):
@@ -122,6 +125,18 @@ def test_bad_destinations_are_refused_before_the_build_and_leave_nothing(s3, cap
     t = time.monotonic()
     assert "cannot reach the S3 endpoint" in _refused(capsys, "s3://models/unreachable")
     assert time.monotonic() - t < 60
+
+
+def test_refused_credentials_are_one_line(s3, capsys, monkeypatch, tmp_path):
+    """A second moto server with its IAM checks on from the first request: keys it never issued are refused."""
+    proc, endpoint = start_moto(tmp_path, INITIAL_NO_AUTH_ACTION_COUNT="0")
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        err = _refused(capsys, "s3://models/x")
+        assert "credentials were refused for bucket 'models' (403)" in err, err  # HEAD answers carry no code
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_interrupted_upload_leaves_no_build_a_reader_could_load(s3, built_repo, monkeypatch):

@@ -144,11 +144,19 @@ class TritonServer:
 
     model_repository: Path | str  # a folder or an s3://[host:port/]bucket/path
     extra_args: list[str] = field(default_factory=list)
-    log_path: Path | None = None
-    http_port: int = field(default_factory=free_port)
-    grpc_port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
+    log_path: Path | None = None  # default: a temporary file (its tail goes into a start-up error)
+    http_port: int = 0  # 0: free loopback ports are picked (and picked again if a start loses the race)
+    grpc_port: int = 0
+    metrics_port: int = 0
     process: subprocess.Popen | None = None
+
+    def __post_init__(self):
+        self._auto_ports = not (self.http_port or self.grpc_port or self.metrics_port)
+        if self._auto_ports:
+            self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
 
     @property
     def http_url(self) -> str:
@@ -159,12 +167,25 @@ class TritonServer:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
-        args = [f"--model-repository={self.model_repository}", f"--http-port={self.http_port}",
-                f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", *self.extra_args]
-        cmd, env = server_command(args)
-        out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.wait_ready(timeout)
+        if self.log_path is None:
+            import tempfile
+
+            self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        # A port picked free can be taken before tritonserver binds it (seen once in CI: an early exit).
+        # With picked ports, an early exit is retried on new ones; ports the caller chose are kept.
+        for attempt in range(3 if self._auto_ports else 1):
+            args = [f"--model-repository={self.model_repository}", f"--http-port={self.http_port}",
+                    f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", *self.extra_args]
+            cmd, env = server_command(args)
+            with open(self.log_path, "w") as out:
+                self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                self.wait_ready(timeout)
+                return self
+            except ServerError as e:
+                if not self._auto_ports or attempt == 2 or "before it was ready" not in str(e):
+                    raise
+                self._pick_ports()
         return self
 
     def ready(self) -> bool:

@@ -1,4 +1,5 @@
-"""The independent reference: OpenCV's darknet runtime (cv2.dnn.readNetFromDarknet), plus comparison helpers."""
+"""The independent reference: OpenCV's darknet runtime (cv2.dnn.readNetFromDarknet), comparison helpers, and calling
+a served ensemble the same way in every end-to-end test."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,3 +76,21 @@ def assert_same_detections(ours, ref, threshold=0.25, min_iou=0.9, score_tol=0.0
         used.add(best)
     extra = [(int(oc[j]), float(os_[j])) for j in range(len(ob)) if j not in used and os_[j] >= threshold + score_tol]
     assert not extra, f"{context}: detections the reference does not have: {extra}"
+
+
+# ------------------------------------------------------------------ calling a served ensemble
+
+OUTPUTS = ("num_detections", "boxes", "scores", "classes")
+
+
+def infer_bytes(client, module, blobs, params=None, model="yolov4"):
+    data = np.array([[b] for b in blobs], dtype=object)
+    inp = module.InferInput("IMAGE", list(data.shape), "BYTES")
+    inp.set_data_from_numpy(data)
+    res = client.infer(model, [inp], parameters=params)
+    return {k: res.as_numpy(k) for k in OUTPUTS}
+
+
+def detections(res, i=0):
+    n = int(res["num_detections"][i, 0])
+    return res["boxes"][i, :n], res["scores"][i, :n], res["classes"][i, :n]

@@ -17,13 +17,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 import build_repo
-from reference import assert_same_detections, opencv_detect, opencv_net
+from reference import assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
 from yolotriton.build import BuildOptions, build
 from yolotriton.importer import ImportOptions
 from yolotriton.repository import RepositorySettings
 from yolotriton.server import TritonServer
 
-OUTPUTS = ("num_detections", "boxes", "scores", "classes")
 pytestmark = pytest.mark.slow
 
 
@@ -157,12 +156,7 @@ def test_layout_served_matches_opencv(layouts_server, name, photos, default_mode
     net = opencv_net(default_model.cfg, default_model.weights)
     total = 0
     for photo in photos:
-        data = np.array([[photo.read_bytes()]], dtype=object)
-        inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
-        inp.set_data_from_numpy(data)
-        r = client.infer(name, [inp])
-        n = int(r.as_numpy("num_detections")[0, 0])
-        ours = (r.as_numpy("boxes")[0, :n], r.as_numpy("scores")[0, :n], r.as_numpy("classes")[0, :n])
+        ours = detections(infer_bytes(client, grpcclient, [photo.read_bytes()], model=name))
         ref = opencv_detect(net, cv2.imread(str(photo)), (416, 416))
         assert_same_detections(ours, ref, context=f"{name} {photo.name}")
         total += len(ref[0])

@@ -14,12 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
 import build_repo
-from reference import assert_same_detections, opencv_detect, opencv_net
+from reference import assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
 from yolotriton.publish import PublishError, publish
 from yolotriton.server import TritonServer, free_port
 
@@ -82,12 +81,7 @@ def test_published_repository_is_served_from_s3(s3, built_repo, photos, default_
     with TritonServer(path, log_path=tmp_path / "tritonserver.log") as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         for photo in photos[:4]:
-            data = np.array([[photo.read_bytes()]], dtype=object)
-            inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
-            inp.set_data_from_numpy(data)
-            r = client.infer("yolov4", [inp])
-            n = int(r.as_numpy("num_detections")[0, 0])
-            ours = (r.as_numpy("boxes")[0, :n], r.as_numpy("scores")[0, :n], r.as_numpy("classes")[0, :n])
+            ours = detections(infer_bytes(client, grpcclient, [photo.read_bytes()]))
             assert_same_detections(ours, opencv_detect(net, cv2.imread(str(photo)), (416, 416)), context=photo.name)
     # a second publish is a new, complete prefix; LATEST moves only after it is written
     path2 = publish(built_repo, "s3://models/yolov4", log=lambda *_: None)

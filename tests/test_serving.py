@@ -16,18 +16,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from reference import assert_same_detections, opencv_detect, opencv_net
+from reference import OUTPUTS, assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUTS = ("num_detections", "boxes", "scores", "classes")
-
-
-def infer_bytes(client, module, blobs, params=None, model="yolov4"):
-    data = np.array([[b] for b in blobs], dtype=object)
-    inp = module.InferInput("IMAGE", list(data.shape), "BYTES")
-    inp.set_data_from_numpy(data)
-    res = client.infer(model, [inp], parameters=params)
-    return {k: res.as_numpy(k) for k in OUTPUTS}
 
 
 def assert_same(a: dict, b: dict, context=""):
@@ -37,11 +28,6 @@ def assert_same(a: dict, b: dict, context=""):
     np.testing.assert_array_equal(a["classes"], b["classes"], err_msg=context)
     np.testing.assert_allclose(a["scores"], b["scores"], atol=2e-3, err_msg=context)
     np.testing.assert_allclose(a["boxes"], b["boxes"], atol=0.5, err_msg=context)
-
-
-def detections(res, i=0):
-    n = int(res["num_detections"][i, 0])
-    return res["boxes"][i, :n], res["scores"][i, :n], res["classes"][i, :n]
 
 
 @pytest.fixture(scope="module")

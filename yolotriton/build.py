@@ -127,11 +127,11 @@ def _build_local(opts: BuildOptions) -> Path:
         from .export import export_onnx
 
         onnx_path = staging / s.detector / "1" / "model.onnx"
-        export_onnx(det, onnx_path, work, opts.opset, batch, log)
+        parity = export_onnx(det, onnx_path, work, opts.opset, batch, log)
         from .layout_gate import check_layout
 
         t = time.perf_counter()
-        for line in check_layout(spec, onnx_path, batch, s.score_threshold):
+        for line in check_layout(spec, parity.onnx_outputs, s.score_threshold):
             log(f"[layout] {line.strip()} ({time.perf_counter() - t:.1f}s)")
         if s.target == "tensorrt":
             _tensorrt_stage(opts, spec, onnx_path, batch, work, staging)

@@ -29,6 +29,7 @@ class ExportError(RuntimeError):
 @dataclass
 class ParityReport:
     per_output: dict[str, tuple[float, float, float]]  # name -> (max|diff|, max|keras|, allowed)
+    onnx_outputs: dict[str, np.ndarray]  # what ONNX Runtime computed on the parity images (the layout gate reads them)
 
     @property
     def ok(self) -> bool:
@@ -135,7 +136,7 @@ def check_parity(det: ImportedDetector, onnx_path: Path, images: np.ndarray) -> 
             raise ExportError(f"ONNX output {name} has shape {g.shape}, Keras {r.shape}")
         m = float(np.abs(r).max())
         report[name] = (float(np.abs(g - r).max()), m, PARITY_RTOL * max(1.0, m))
-    return ParityReport(report)
+    return ParityReport(report, got)
 
 
 def export_onnx(det: ImportedDetector, onnx_path: Path, workdir: Path, opset: int, parity_images: np.ndarray,

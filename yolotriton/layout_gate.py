@@ -1,7 +1,8 @@
 """Layout sanity gate: decode the exported model's outputs on the parity photos with the layout the build
 is about to serve, and refuse layouts whose detections are implausible, naming the likely fix.
 
-Entry point: `check_layout(spec, onnx_path, images, score_threshold)`. The parity gate proves that ONNX
+Entry point: `check_layout(spec, outputs, score_threshold)`, on the exported model's ONNX Runtime outputs
+for the parity photos (the parity gate computed them). The parity gate proves that ONNX
 computes what Keras computes; this gate is about what the numbers mean. A wrong layout flag otherwise
 serves garbage that looks like detections (hhk7734's partly activated heads decoded as raw: every box
 scoring about 0.5, nothing the reference finds).
@@ -13,7 +14,7 @@ import json
 import numpy as np
 
 from .detections import Decoder
-from .spec import ACTIVATED_GROUPS, INPUT_NAME, DetectorSpec, SpecError
+from .spec import ACTIVATED_GROUPS, DetectorSpec, SpecError
 
 MOST = 0.5  # "most candidates" / "most boxes"
 
@@ -55,7 +56,7 @@ def _decoded_problems(spec: DetectorSpec, outputs: dict) -> list[str]:
     d = spec.decoded
     score_tensors = [outputs[k] for k in ("decoded_scores", "nms_scores") if k in outputs]
     if "detections" in outputs:
-        box, obj, first = d.columns()
+        _, obj, first = d.columns()
         det = outputs["detections"]
         score_tensors = [det[..., first:]] + ([det[..., obj]] if obj >= 0 else [])
     for s in score_tensors:
@@ -66,16 +67,12 @@ def _decoded_problems(spec: DetectorSpec, outputs: dict) -> list[str]:
     return problems
 
 
-def check_layout(spec: DetectorSpec, onnx_path, images: np.ndarray, score_threshold: float) -> list[str]:
+def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_threshold: float) -> list[str]:
     """Lines describing what was checked; raises SpecError naming the likely fix when implausible."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {INPUT_NAME: images})))
     problems = _raw_problems(spec, outputs) if spec.heads else _decoded_problems(spec, outputs)
     decoder = Decoder(json.loads(spec.to_json()))
-    bi, boxes, scores, _ = decoder.candidates(outputs, score_threshold)
-    n_img = len(images)
+    _, boxes, scores, _ = decoder.candidates(outputs, score_threshold)
+    n_img = len(next(iter(outputs.values())))
     # how many (box, class) pairs could pass at all: the denominator of "most candidates"
     if spec.heads:
         pairs = sum(h.grid[0] * h.grid[1] * len(h.anchors) for h in spec.heads) * spec.num_classes
@@ -109,5 +106,6 @@ def check_layout(spec: DetectorSpec, onnx_path, images: np.ndarray, score_thresh
     if problems:
         raise SpecError("the output layout looks wrong for this model (decoded on the parity photos):\n  "
                         + "\n  ".join(problems))
-    return [f"  {per_image:.1f} candidates per photo above {score_threshold}, "
-            f"{len(boxes) and float(np.median(boxes[:, 2] - boxes[:, 0])):.0f} px median box width: plausible"]
+    width = float(np.median(boxes[:, 2] - boxes[:, 0])) if len(boxes) else 0.0
+    return [f"  {per_image:.1f} candidates per photo above {score_threshold}, {width:.0f} px median box width: "
+            "plausible"]

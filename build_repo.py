@@ -79,6 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="python target: gpu = ONNX Runtime's CUDA execution provider in KIND_GPU instances")
     out.add_argument("--detector-precision", choices=("fp32", "fp16"), default="fp32",
                      help="python target: fp16 serves an FP16 ONNX (FP32 I/O), accepted only past the accuracy gate")
+    out.add_argument("--decode", choices=("auto", "postprocess", "detector"), default="auto",
+                     help="where the raw heads are decoded: detector = into the top-K candidates by ONNX Runtime "
+                          "right after the network (python target; on the GPU with it, so the heads never leave "
+                          "it); auto = detector when --detector-device gpu and the model has raw heads")
     out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")
     trt = p.add_argument_group("TensorRT (--target tensorrt; --trt-accelerator for --target onnxruntime)")
     trt.add_argument("--plan-builder", choices=("local", "docker", "tensorrt-rtx"), default="local",
@@ -158,7 +162,8 @@ def main(argv=None) -> int:
             postprocess_instances=counts[2], instances_reason=counts[3],
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=args.detector_precision,
-            preprocess_device=pre_device, letterbox_fill=args.letterbox_fill)
+            preprocess_device=pre_device, letterbox_fill=args.letterbox_fill,
+            decode="postprocess" if args.decode == "auto" else args.decode)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "activated": args.activated,
                   "scale_x_y_applied": args.scale_x_y_applied, "box_format": args.box_format,
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
                                     replicas=args.replicas, max_replicas=args.max_replicas, ngc_tag=args.ngc_tag)
         result = build(BuildOptions(source=source, repo=repo, output=output, opset=args.opset, parity_images=tuple(parity),
                            plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
-                           plan_builder=args.plan_builder, ngc_tag=args.ngc_tag))
+                           plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=args.decode))
         if deploy is not None:
             import dataclasses
 

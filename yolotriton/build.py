@@ -21,7 +21,7 @@ import numpy as np
 from . import images
 from .importer import ImportOptions, import_model
 from .plan import DEFAULT_NGC_TAG, PlanError, PlanOptions
-from .repository import RepositorySettings, read_settings, render_repository, validate_repository
+from .repository import RepositorySettings, read_settings, render_repository, resolve_decode, validate_repository
 from .spec import DetectorSpec
 
 WEIGHT_FILES = ("model.onnx", "model.fp16.onnx", "model.plan")
@@ -43,6 +43,7 @@ class BuildOptions:
     plan_builder: str = "local"  # local: TensorRT here; docker: trtexec in the NGC image on the serving host;
     # tensorrt-rtx: docker, after a check build with TensorRT-RTX here (no GPU needed)
     ngc_tag: str = DEFAULT_NGC_TAG
+    decode: str = "auto"  # --decode: auto | postprocess | detector (resolved once the model's layout is known)
     log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
 
@@ -114,6 +115,7 @@ def _build_local(opts: BuildOptions) -> Path:
     spec = det.spec
     log(f"[import] {det.source}: {spec.input_width}x{spec.input_height}, {spec.num_classes} classes, "
         f"{spec.layout} outputs {list(spec.output_names)} ({time.perf_counter() - t:.1f}s)")
+    s = dataclasses.replace(s, decode=resolve_decode(opts.decode, s, spec))
     if not opts.parity_images:
         raise ValueError("no images for the parity gate")
     batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode, s.letterbox_fill)
@@ -143,7 +145,8 @@ def _build_local(opts: BuildOptions) -> Path:
             (staging / "README.md").write_text(REPO_README)
         validate_repository(staging, allow_pending_plan=s.target == "tensorrt" and opts.plan_builder != "local")
         log(f"[render] {len(list(staging.glob('*/config.pbtxt')))} models rendered and validated "
-            f"({time.perf_counter() - t:.1f}s); preprocess on the {s.preprocess_device.upper()}, instances "
+            f"({time.perf_counter() - t:.1f}s); preprocess on the {s.preprocess_device.upper()}, heads decoded in "
+            f"the {s.decode}, instances "
             f"{s.preprocess_instances}/{s.detector_instances}/{s.postprocess_instances} ({s.instances_reason})")
         _swap_in(staging, output)
     finally:

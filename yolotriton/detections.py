@@ -18,6 +18,9 @@ META_FIELDS = ("orig_h", "orig_w", "scale_y", "scale_x", "pad_top", "pad_left")
 # At most this many (box, class) candidates per image go into NMS, the best-scoring ones: whatever a model
 # outputs (a wrong layout, a score threshold of 0), a request costs milliseconds, not minutes.
 PRE_NMS_TOP_K = 4096
+# What the detector hands over when it decoded the heads itself (candidates_graph.py, `--decode detector`):
+# the best K (box, class) pairs per image, boxes x1,y1,x2,y2 in network pixels, scores best first.
+CANDIDATE_OUTPUTS = ("candidate_boxes", "candidate_scores", "candidate_classes")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -38,10 +41,12 @@ class Decoder:
     """Turns a batch of raw or decoded detector outputs into padded top-K detections.
 
     `spec` is the `DetectorSpec` as a dict (its JSON), so this runs where TensorFlow is absent.
+    `from_candidates`: the detector already decoded its heads into CANDIDATE_OUTPUTS (candidates_graph.py).
     """
 
-    def __init__(self, spec: dict, pre_nms_top_k: int = PRE_NMS_TOP_K):
+    def __init__(self, spec: dict, pre_nms_top_k: int = PRE_NMS_TOP_K, from_candidates: bool = False):
         self.pre_nms_top_k = int(pre_nms_top_k)
+        self.from_candidates = bool(from_candidates)
         self.height, self.width = int(spec["input_height"]), int(spec["input_width"])
         self.num_classes = int(spec["num_classes"])
         self.heads = []
@@ -59,11 +64,18 @@ class Decoder:
 
     @property
     def output_names(self) -> list[str]:
+        if self.from_candidates:
+            return list(CANDIDATE_OUTPUTS)
         return [h["name"] for h in self.heads] if self.heads else list(self.decoded["outputs"])
 
     # ---------------------------------------------------------------- candidates
     def candidates(self, outputs: dict[str, np.ndarray], score_threshold: float):
         """(image index, box xyxy in network pixels, score, class) for every (box, class) above threshold."""
+        if self.from_candidates:
+            scores = outputs["candidate_scores"]
+            bi, ki = np.nonzero(scores > score_threshold)
+            return bi, outputs["candidate_boxes"][bi, ki], scores[bi, ki], \
+                outputs["candidate_classes"][bi, ki].astype(np.int64)
         if self.heads:
             parts = [self._raw_head(outputs[h["name"]], h, score_threshold) for h in self.heads]
             return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import jinja2
 
+from .detections import CANDIDATE_OUTPUTS
 from .spec import INPUT_NAME, DetectorSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE_DIR.parent / "templates"
 TARGETS = ("python", "onnxruntime", "tensorrt")
 RESIZE_MODES = ("stretch", "letterbox")
+DECODE_STAGES = ("postprocess", "detector")
 
 
 class RepositoryError(ValueError):
@@ -82,6 +84,9 @@ class RepositorySettings:
     detector_precision: str = "fp32"  # python target: "fp16" serves model.fp16.onnx (FP16 math, FP32 I/O), gated
     preprocess_device: str = "cpu"  # "gpu": nvImageCodec decode + ONNX Runtime CUDA resize, output stays on the GPU
     letterbox_fill: float = 0.5  # letterbox padding, in [0, 1] (darknet: grey 0.5)
+    # "detector": the python detector decodes its raw heads into the top-K candidates (candidates.onnx, on the
+    # GPU with it) and the postprocess gets those instead of the heads; "postprocess": the heads go to the postprocess
+    decode: str = "postprocess"
     instances_reason: str = ""  # how the instance counts were chosen (--instances auto writes it)
 
     def __post_init__(self):
@@ -108,6 +113,10 @@ class RepositorySettings:
         if self.preprocess_device == "gpu" and not self.detector_on_gpu:
             raise RepositoryError("--preprocess-device gpu needs the detector on the GPU "
                                   "(--detector-device gpu, or --target tensorrt)")
+        if self.decode not in DECODE_STAGES:
+            raise RepositoryError(f"decode {self.decode!r}: expected one of {', '.join(DECODE_STAGES)}")
+        if self.decode == "detector" and self.target != "python":
+            raise RepositoryError("--decode detector is an option of --target python (the Python-backend detector)")
         if not 0 <= self.letterbox_fill <= 1:
             raise RepositoryError(f"letterbox fill {self.letterbox_fill}: expected a value in [0, 1]")
 
@@ -153,7 +162,17 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
     h, w = spec.input_height, spec.input_width
     net_in = Tensor(INPUT_NAME, "TYPE_FP32", (h, w, 3))
     meta = Tensor("image_meta", "TYPE_FP32", (6,))
-    det_outs = [Tensor(n, "TYPE_FP32", tuple(d)) for n, d in spec.output_dims().items()]
+    if s.decode == "detector":
+        if not spec.heads:
+            raise RepositoryError("--decode detector needs raw YOLO heads; this model's outputs are already decoded "
+                                  "(use --decode postprocess)")
+        from .candidates_graph import candidate_count
+
+        k_cand = candidate_count(spec)
+        det_outs = [Tensor(n, t, d) for n, t, d in zip(CANDIDATE_OUTPUTS, ("TYPE_FP32", "TYPE_FP32", "TYPE_INT32"),
+                                                       ((k_cand, 4), (k_cand,), (k_cand,)))]
+    else:
+        det_outs = [Tensor(n, "TYPE_FP32", tuple(d)) for n, d in spec.output_dims().items()]
     k = s.max_detections
     final = [Tensor("num_detections", "TYPE_INT32", (1,)), Tensor("boxes", "TYPE_FP32", (k, 4)),
              Tensor("scores", "TYPE_FP32", (k,)), Tensor("classes", "TYPE_INT32", (k,), label_filename="labels.txt")]
@@ -175,6 +194,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         det = ModelConfig(backend="python", parameters={
             "intra_op_threads": str(s.ort_threads), "execution_providers": providers,
             "model_file": "model.fp16.onnx" if s.detector_precision == "fp16" else "model.onnx",
+            "candidates_file": "candidates.onnx" if s.decode == "detector" else "",
             # GPU preprocess: take its output where it is (on the GPU) instead of Triton's copy to the host
             "FORCE_CPU_ONLY_INPUT_TENSORS": "no" if s.preprocess_device == "gpu" else "yes"}, **det_common)
     elif s.target == "onnxruntime":
@@ -187,7 +207,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         name=s.postprocess, backend="python", max_batch_size=s.max_batch_size, inputs=det_outs + [meta],
         outputs=final, instances=s.postprocess_instances,
         parameters={"score_threshold": str(s.score_threshold), "iou_threshold": str(s.iou_threshold),
-                    "max_detections": str(k)})
+                    "max_detections": str(k), "inputs": "candidates" if s.decode == "detector" else "heads"})
     steps = lambda entry_input: [
         {"model": s.preprocess, "input_map": {entry_input: entry_input},
          "output_map": {INPUT_NAME: INPUT_NAME, "image_meta": "image_meta"}},
@@ -232,9 +252,23 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
     (post / "spec.json").write_text(spec.to_json())
     (root / s.postprocess / "labels.txt").write_text(labels)
     if s.target == "python":
-        shutil.copy(TEMPLATES / "detector_python" / "model.py", root / s.detector / "1" / "model.py")
+        det = root / s.detector / "1"
+        shutil.copy(TEMPLATES / "detector_python" / "model.py", det / "model.py")
+        (det / "candidates.onnx").unlink(missing_ok=True)  # re-rendering with --decode postprocess
+        if s.decode == "detector":
+            from .candidates_graph import write_candidates_onnx
+
+            write_candidates_onnx(det / "candidates.onnx", spec)
     # What was rendered, so the repository can be re-rendered (tuning) without re-exporting the model.
     (root / "settings.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+
+
+def resolve_decode(requested: str, s: RepositorySettings, spec: DetectorSpec) -> str:
+    """--decode auto: in the detector when it is the Python detector on the GPU and the model has raw heads
+    (the heads then stay on the GPU and only the top-K candidates cross to the host), else in the postprocess."""
+    if requested != "auto":
+        return requested
+    return "detector" if s.target == "python" and s.detector_device == "gpu" and spec.heads else "postprocess"
 
 
 def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gpu: bool) -> tuple[int, int, int, str]:
@@ -305,9 +339,10 @@ def validate_repository(root: Path, allow_pending_plan: bool = False) -> dict:
         if cfg.platform != "ensemble":
             if cfg.backend == "python" and not (root / name / "1" / "model.py").is_file():
                 raise RepositoryError(f"{name}: python backend without 1/model.py")
-            model_file = cfg.parameters["model_file"].string_value if "model_file" in cfg.parameters else ""
-            if model_file and not (root / name / "1" / model_file).is_file():
-                raise RepositoryError(f"{name}: parameter model_file names 1/{model_file}, which is missing")
+            for key in ("model_file", "candidates_file"):
+                model_file = cfg.parameters[key].string_value if key in cfg.parameters else ""
+                if model_file and not (root / name / "1" / model_file).is_file():
+                    raise RepositoryError(f"{name}: parameter {key} names 1/{model_file}, which is missing")
             if cfg.default_model_filename and not (root / name / "1" / cfg.default_model_filename).is_file():
                 pending = (allow_pending_plan and cfg.platform == "tensorrt_plan" and (root / "build_plan.sh").is_file()
                            and (root / name / "1" / "model.onnx").is_file())

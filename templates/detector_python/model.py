@@ -1,13 +1,16 @@
 """Detector on the Python backend: ONNX Runtime on model.onnx (for servers without the ONNX Runtime backend).
 
 Settings from config.pbtxt parameters: intra_op_threads, execution_providers (CUDA first on GPU
-instances, on the instance's own device), model_file (model.onnx or the gated model.fp16.onnx).
-Requests that the dynamic batcher groups are run as one ONNX Runtime call.
+instances, on the instance's own device), model_file (model.onnx or the gated model.fp16.onnx),
+candidates_file (`--decode detector`: candidates.onnx decodes the heads into the top-K candidates
+right after the network, in the same provider, so only those leave it). Requests that the dynamic
+batcher groups are run as one ONNX Runtime call.
 
 On a GPU instance whose inputs arrive on the GPU (the GPU preprocess; FORCE_CPU_ONLY_INPUT_TENSORS
 "no"), the batch never visits the host: the requests' tensors come in through DLPack, are joined on
-the device and bound to ONNX Runtime (IO binding); the heads come back to the host in one copy (the
-postprocess runs on the CPU). One CUDA stream per instance orders the copies and the run.
+the device and bound to ONNX Runtime (IO binding); what the postprocess needs (the heads, or the
+candidates) comes back to the host in one copy per output (the postprocess runs on the CPU). One CUDA
+stream per instance orders the copies and the runs.
 """
 import json
 import os
@@ -49,10 +52,17 @@ class TritonPythonModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o["name"] for o in config["output"]]
         self.binding = self.session.io_binding()
-        if "CUDAExecutionProvider" in self.session.get_providers():
+        self.on_cuda = "CUDAExecutionProvider" in self.session.get_providers()
+        self.candidates = None
+        if params.get("candidates_file"):
+            cand_path = os.path.join(args["model_repository"], args["model_version"], params["candidates_file"])
+            self.candidates = ort.InferenceSession(cand_path, opts, providers=providers)
+            self.candidate_binding = self.candidates.io_binding()
+            self.head_names = [i.name for i in self.candidates.get_inputs()]
+        if self.on_cuda:
             dims = [int(d) for d in config["input"][0]["dims"]]
             for b in range(1, int(config["max_batch_size"]) + 1):  # every batch shape once, before serving
-                self.session.run(self.output_names, {self.input_name: np.zeros([b, *dims], np.float32)})
+                self._run(np.zeros([b, *dims], np.float32))
 
     @staticmethod
     def _check(result):
@@ -67,8 +77,43 @@ class TritonPythonModel:
             return self._execute_on_device(tensors)
         arrays = [t.as_numpy() for t in tensors]
         sizes = [len(a) for a in arrays]
-        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        return self._responses(sizes, self.session.run(self.output_names, {self.input_name: batch}))
+        return self._responses(sizes, self._run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays)))
+
+    def _run(self, batch):
+        """The network (and candidates.onnx) on one batch, a numpy array or an OrtValue; outputs on the host."""
+        b = self.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        if isinstance(batch, np.ndarray):
+            b.bind_cpu_input(self.input_name, batch)
+        else:
+            b.bind_ortvalue_input(self.input_name, batch)
+        if self.candidates is None:
+            # The heads go to the host in one copy per output: the postprocess runs on the CPU, and on an H100
+            # this beat returning per-request GPU tensors that Triton then copies one by one (1058 vs 937 img/s).
+            for name in self.output_names:
+                b.bind_output(name, "cpu")
+            self.session.run_with_iobinding(b)
+            outputs = b.get_outputs()
+        else:  # the heads stay where the network left them (the GPU) and only the top-K candidates come back
+            for name in self.head_names:
+                if self.on_cuda:
+                    b.bind_output(name, "cuda", self.device)
+                else:
+                    b.bind_output(name, "cpu")
+            self.session.run_with_iobinding(b)
+            c = self.candidate_binding
+            c.clear_binding_inputs()
+            c.clear_binding_outputs()
+            for name, value in zip(self.head_names, b.get_outputs()):
+                c.bind_ortvalue_input(name, value)
+            for name in self.output_names:
+                c.bind_output(name, "cpu")
+            self.candidates.run_with_iobinding(c)
+            outputs = c.get_outputs()
+        if self.cudart is not None:
+            self._check(self.cudart.cudaStreamSynchronize(self.stream))  # the runs are on our stream: wait for them
+        return [o.numpy() for o in outputs]
 
     def _responses(self, sizes, outputs):
         responses, start = [], 0
@@ -96,15 +141,5 @@ class TritonPythonModel:
             for v, n in zip(values, sizes):
                 self._copy(batch.data_ptr() + offset, v.data_ptr(), n * per_image)
                 offset += n * per_image
-        b = self.binding
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
-        b.bind_ortvalue_input(self.input_name, batch)
-        # The heads go to the host in one copy per output: the postprocess runs on the CPU, and on an H100
-        # this beat returning per-request GPU tensors that Triton then copies one by one (1058 vs 937 img/s).
-        for name in self.output_names:
-            b.bind_output(name, "cpu")
-        self.session.run_with_iobinding(b)
-        self._check(self.cudart.cudaStreamSynchronize(self.stream))  # the run is on our stream: wait for it
-        return self._responses(sizes, [o.numpy() for o in b.get_outputs()])
+        return self._responses(sizes, self._run(batch))
 

@@ -1,6 +1,7 @@
 """Postprocess: detector outputs + image meta -> num_detections, boxes, scores, classes.
 
-Decoding, NMS and top-K live in detections.py (shared with the in-process pipeline and tests).
+Decoding, NMS and top-K live in detections.py (shared with the in-process pipeline and tests); with
+`--decode detector` the inputs are the detector's top-K candidates and only threshold + NMS run here.
 Thresholds come from config parameters; a request may override score_threshold, iou_threshold
 and max_detections (<= the configured maximum) through request parameters.
 """
@@ -22,7 +23,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         here = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(here, "spec.json")) as f:
-            self.decoder = Decoder(json.load(f))
+            # inputs "candidates": the detector decoded its heads already (--decode detector, candidates.onnx)
+            self.decoder = Decoder(json.load(f), from_candidates=params.get("inputs") == "candidates")
         self.defaults = {"score_threshold": float(params["score_threshold"]),
                          "iou_threshold": float(params["iou_threshold"]),
                          "max_detections": int(params["max_detections"])}

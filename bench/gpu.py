@@ -11,7 +11,9 @@ R is a repository built with --detector-device gpu (GPU preprocess by default). 
 - CPU ms per image of tritonserver and of each model's stubs at the best concurrency (perf_analyzer's own
   CPU separately), from /proc and wait4 as in make bench;
 - the served detector alone at batch 8 (random FP32 input through CUDA shared memory, else system);
-- with --cpu-preprocess N: the same ensemble re-rendered with the CPU preprocess and N instances.
+- with --cpu-preprocess N: the same ensemble re-rendered with the CPU preprocess and N instances;
+- with --also KEY=VALUE,...: the same ensemble re-rendered with those settings (e.g. decode=postprocess);
+- with --images-per-request N: N JPEGs per request (perf_analyzer -b N) at the best concurrency / N.
 Run by scripts/gpu_host.sh on the lent GPU machine (no network there: wheels travel with the call).
 """
 from __future__ import annotations
@@ -106,19 +108,20 @@ def stage_lines(before: dict, after: dict) -> list[str]:
     return lines
 
 
-def sweep(server, levels, images_json: Path, tmp: Path, log) -> list[dict]:
+def sweep(server, levels, images_json: Path, tmp: Path, log, images_per_request: int = 1) -> list[dict]:
     rows = []
     for c in levels:
         before = model_stats(server)
         try:
             with GpuSampler() as gpu:
                 got = run.perf_analyzer(server, "yolov4", tmp / f"c{c}.csv",
-                                        ["--input-data", str(images_json), "--concurrency-range", f"{c}:{c}"], log)
+                                        ["--input-data", str(images_json), "--concurrency-range", f"{c}:{c}",
+                                         "-b", str(images_per_request)], log)
         except (RuntimeError, FileNotFoundError) as e:  # one level failing must not lose the others
             log(f"  concurrency {c} failed: {str(e)[-1500:]}")
             continue
         for r in got:
-            r["gpu_util"] = gpu.median
+            r["gpu_util"], r["images_per_request"] = gpu.median, images_per_request
         log(f"    GPU utilisation (median of nvidia-smi samples): {gpu.median:.0f}%")
         for line in stage_lines(before, model_stats(server)):
             log(line)
@@ -128,7 +131,8 @@ def sweep(server, levels, images_json: Path, tmp: Path, log) -> list[dict]:
     return rows
 
 
-def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: str, log, detector_alone=False):
+def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: str, log, detector_alone=False,
+           images_per_request: int = 1):
     from yolotriton.server import TritonServer
 
     res = {}
@@ -140,6 +144,15 @@ def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: s
         conc = int(best["Concurrency"])
         log(f"[gpu] {label}: CPU per image at concurrency {conc}")
         res["cpu_ips"], res["cpu"] = run.cpu_breakdown(server, conc, images_json, log)
+        if images_per_request > 1:  # the same images in flight, sent N to a request (the client's detect(list))
+            n = images_per_request
+            log(f"[gpu] {label}: {n} images per request")
+            batched = sweep(server, sorted({max(1, conc // n), max(1, 2 * conc // n)}), images_json, tmp, log, n)
+            best_b = max(batched, key=lambda r: float(r["Inferences/Second"]))
+            res["rows"] += batched
+            res["batched"] = {"best": best_b}
+            res["batched"]["cpu_ips"], res["batched"]["cpu"] = run.cpu_breakdown(
+                server, int(best_b["Concurrency"]), images_json, log, images_per_request=n)
         if detector_alone:
             log(f"[gpu] {label}: served detector alone, batch 8, random FP32 input")
             for shm in ("cuda", "system"):
@@ -163,6 +176,11 @@ def main():
     ap.add_argument("--concurrency", default="1,8,32,64,128")
     ap.add_argument("--cpu-preprocess", type=int, default=0,
                     help="also serve the same repository with the CPU preprocess and this many instances")
+    ap.add_argument("--images-per-request", type=int, default=1,
+                    help="also send N JPEGs per request (perf_analyzer -b N) at the best concurrency / N, with its "
+                         "CPU per image")
+    ap.add_argument("--also", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="also serve a re-rendered copy with these settings (e.g. decode=postprocess); repeatable")
     ap.add_argument("--mps", action="store_true",
                     help="run the servers under NVIDIA MPS (started here, stopped at the end): the stubs' CUDA "
                          "contexts then share the GPU instead of being time-sliced")
@@ -204,7 +222,8 @@ def report(args):
     levels = [int(c) for c in args.concurrency.split(",")]
     results = {f"GPU preprocess ({settings.preprocess_instances}/{settings.detector_instances}/"
                f"{settings.postprocess_instances} instances)": served(args.repo, levels, tmp / "images.json", tmp,
-                                                                      args.out, "gpu-pre", log, detector_alone=True)}
+                                                                      args.out, "gpu-pre", log, detector_alone=True,
+                                                                      images_per_request=args.images_per_request)}
     if args.cpu_preprocess:
         variant = args.repo.parent / "repo-cpu-preprocess"
         if variant.exists():
@@ -214,6 +233,19 @@ def report(args):
         rerender(variant, preprocess_device="cpu", preprocess_instances=args.cpu_preprocess, postprocess_instances=post)
         results[f"CPU preprocess ({args.cpu_preprocess}/{settings.detector_instances}/{post} instances)"] = served(
             variant, levels, tmp / "images.json", tmp, args.out, "cpu-pre", log)
+
+    for i, also in enumerate(args.also):
+        changes = {}
+        for kv in also.split(","):
+            key, value = kv.split("=", 1)
+            changes[key] = int(value) if value.isdigit() else value
+        variant = args.repo.parent / f"repo-also-{i}"
+        if variant.exists():
+            shutil.rmtree(variant)
+        copy_repository(args.repo, variant)
+        rerender(variant, **changes)
+        # the top two concurrency levels only: the variants are compared where the GPU is busy
+        results[also] = served(variant, levels[-2:], tmp / "images.json", tmp, args.out, f"also-{i}", log)
 
     best_inproc = max(v[0] for v in inproc.values())
     lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
@@ -227,14 +259,18 @@ def report(args):
     for label, r in results.items():
         for row in r["rows"]:
             ips = float(row["Inferences/Second"])
-            lines.append(f"| served ensemble, {label}, concurrency {row['Concurrency']} (GPU {row['gpu_util']:.0f}%) "
+            per = f", {row['images_per_request']} images per request" if row["images_per_request"] > 1 else ""
+            lines.append(f"| served ensemble, {label}, concurrency {row['Concurrency']}{per} (GPU {row['gpu_util']:.0f}%) "
                          f"| {ips:.1f} | {int(row['p50 latency']) / 1000:.1f} | {ips / best_inproc:.2f} |")
         if "detector" in r:
             shm, ips = r["detector"]
             # perf_analyzer counts inferences as requests x batch size: already images/s
             lines.append(f"| served detector alone, batch 8, {shm} shared memory | {ips:.1f} | | "
                          f"{ips / best_inproc:.2f} |")
-    for label, r in results.items():
+    cpu_tables = [(label, r) for label, r in results.items()]
+    cpu_tables += [(f"{label}, {args.images_per_request} images per request", r["batched"])
+                   for label, r in results.items() if "batched" in r]
+    for label, r in cpu_tables:
         lines += ["", f"CPU ms per image, {label}, concurrency {r['best']['Concurrency']} "
                       f"({r['cpu_ips']:.0f} img/s during the window):", "", "| process | CPU ms per image |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in sorted(r["cpu"].items(), key=lambda kv: -kv[1])]
@@ -243,11 +279,11 @@ def report(args):
     (args.out / "gpu.md").write_text("\n".join(lines) + "\n")
     with (args.out / "gpu.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variant", "concurrency", "images_per_s", "p50_ms", "gpu_util"])
+        w.writerow(["variant", "concurrency", "images_per_request", "images_per_s", "p50_ms", "gpu_util"])
         for label, r in results.items():
             for row in r["rows"]:
-                w.writerow([label, row["Concurrency"], row["Inferences/Second"], int(row["p50 latency"]) / 1000,
-                            row["gpu_util"]])
+                w.writerow([label, row["Concurrency"], row["images_per_request"], row["Inferences/Second"],
+                            int(row["p50 latency"]) / 1000, row["gpu_util"]])
     log("\n".join(lines))
 
 

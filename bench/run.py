@@ -237,7 +237,7 @@ def process_cpu_seconds(server_pid: int) -> dict[str, float]:
 
 
 def cpu_breakdown(server, concurrency: int, images_json: Path, log,
-                  window_ms: int = 7000) -> tuple[float, dict[str, float]]:
+                  window_ms: int = 7000, images_per_request: int = 1) -> tuple[float, dict[str, float]]:
     """Run the ensemble at `concurrency` for a while and split the CPU time per image by process."""
     import tritonclient.grpc as grpcclient
 
@@ -249,6 +249,7 @@ def cpu_breakdown(server, concurrency: int, images_json: Path, log,
 
     cmd = perf_analyzer_command(server, "yolov4", [
         "--input-data", str(images_json), "--concurrency-range", f"{concurrency}:{concurrency}",
+        "-b", str(images_per_request),
         "--measurement-interval", str(window_ms), "--max-trials", "3", "--stability-percentage", "100"])
     n0, before, t0 = served(), process_cpu_seconds(server.process.pid), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -260,7 +261,7 @@ def cpu_breakdown(server, concurrency: int, images_json: Path, log,
     if proc.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed ({' '.join(cmd)}):\n{output.decode(errors='replace')[-3000:]}")
     after["perf_analyzer (load generator)"] = usage.ru_utime + usage.ru_stime
-    n, seconds = served() - n0, time.perf_counter() - t0
+    n, seconds = (served() - n0) * images_per_request, time.perf_counter() - t0  # Triton counts requests
     per_image = {k: 1000 * (v - before.get(k, 0.0)) / max(n, 1) for k, v in after.items()}
     log(f"  CPU per image at concurrency {concurrency} ({n} images, {n / seconds:.2f} img/s):")
     for k, v in sorted(per_image.items(), key=lambda kv: -kv[1]):

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Tune the served repository by measurement and write the best configuration back into it.
 
-  .venv/bin/python bench/tune.py [--repository model_repository] [--concurrency 4] [--interval 3000]
+  .venv/bin/python bench/tune.py [--repository model_repository] [--concurrency N] [--interval 3000] [--budget-s S]
 
 Coordinate search from the repository's current settings over: detector instances x ONNX Runtime
-threads, preprocess instances, dynamic-batching queue delay, max batch size. Each candidate is
+threads, preprocess instances, dynamic-batching queue delay, max batch size (CPU detector); on a
+GPU repository, detector instances per GPU, preprocess and postprocess instances, queue delay, at a
+concurrency that fills the GPU (64). Each candidate is
 rendered into a scratch copy (weights hard-linked), served by a real tritonserver and measured with
 perf_analyzer on real JPEGs; the best images/s wins. The winner is re-rendered into the repository
 (staged and swapped in) and `tuning.md` beside it records every measured row with peak RSS.
@@ -39,6 +41,20 @@ DIMENSIONS = [  # each a list of alternative settings; the search keeps the best
 ]
 
 
+def dimensions(settings) -> list[list[dict]]:
+    """What to search for this repository: the CPU list above, or the GPU one (each stub instance there is a
+    process with its own CUDA context, so counts stay small; the CPU cores feed the postprocess)."""
+    if not settings.detector_on_gpu:
+        return DIMENSIONS
+    pre = (2, 4, 8) if settings.preprocess_device == "gpu" else (CORES // 2, max(1, CORES - CORES // 4 - 1))
+    return [
+        [{"detector_instances": n, "ort_threads": 1} for n in (1, 2, 4)],
+        [{"preprocess_instances": n} for n in pre],
+        [{"postprocess_instances": n} for n in sorted({max(1, CORES // 8), max(1, CORES // 4), max(1, CORES // 2)})],
+        [{"max_queue_delay_us": d} for d in (0, 500, 2000)],
+    ]
+
+
 def measure(repo: Path, settings: dict, images_json: Path, concurrency: int, interval: int, work: Path, log) -> dict:
     scratch = work / "candidate"
     if scratch.exists():
@@ -62,20 +78,26 @@ def measure(repo: Path, settings: dict, images_json: Path, concurrency: int, int
     return out
 
 
-def tune(repo: Path, concurrency: int, interval: int, log=print) -> tuple[dict, list[dict]]:
+def tune(repo: Path, concurrency: int, interval: int, log=print, budget_s: float = 0) -> tuple[dict, list[dict]]:
+    """Best settings found and every measured row; with budget_s, no new candidate starts after that many seconds."""
     work = Path(tempfile.mkdtemp(prefix="yolotriton-tune-"))
     images_json = work / "images.json"
     perf_input_file([p.read_bytes() for p in photos()], images_json)
-    keys = {k for dim in DIMENSIONS for alt in dim for k in alt}
+    dims = dimensions(read_settings(repo))
+    keys = {k for dim in dims for alt in dim for k in alt}
+    t0 = time.perf_counter()
     current = {k: v for k, v in dataclasses.asdict(read_settings(repo)).items() if k in keys}
     rows: list[dict] = []
     seen: dict[tuple, dict] = {}
     best = None
     try:
-        for dim in DIMENSIONS:
+        for dim in dims:
             for alt in dim:
                 cand = {**current, **alt}
                 key = tuple(sorted(cand.items()))
+                if key not in seen and budget_s and time.perf_counter() - t0 > budget_s and best is not None:
+                    log(f"  budget of {budget_s:.0f} s spent: {cand} and the rest not measured")
+                    return best, rows
                 if key not in seen:
                     seen[key] = measure(repo, cand, images_json, concurrency, interval, work, log)
                     rows.append(seen[key])
@@ -90,12 +112,15 @@ def tune(repo: Path, concurrency: int, interval: int, log=print) -> tuple[dict, 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repository", type=Path, default=ROOT / "model_repository")
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, help="requests in flight (default 4; 64 for a GPU repository)")
     ap.add_argument("--interval", type=int, default=3000, help="perf_analyzer measurement interval (ms)")
+    ap.add_argument("--budget-s", type=float, default=0, help="start no new candidate after this many seconds")
     args = ap.parse_args()
     log = lambda *a: print(*a, flush=True)
+    if args.concurrency is None:
+        args.concurrency = 64 if read_settings(args.repository).detector_on_gpu else 4
     log(f"[tune] {args.repository}, concurrency {args.concurrency}, JPEG photos in")
-    best, rows = tune(args.repository, args.concurrency, args.interval, log)
+    best, rows = tune(args.repository, args.concurrency, args.interval, log, args.budget_s)
     rerender(args.repository, **best["settings"])
     lines = [f"# Tuning ({time.strftime('%Y-%m-%d %H:%M')}, {CORES} cores, perf_analyzer concurrency {args.concurrency})", "",
              f"Chosen and written into the configs: `{best['settings']}` ({best['ips']:.2f} img/s).", "",

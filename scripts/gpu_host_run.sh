@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, after the wheels and prebuilt repositories were carried into STASH (see
 # docs/gpu-host.md): the GPU tests, the end-to-end tests against the GPU repository, then bench/gpu.py.
-#   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|all]
+#   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|tune|all]
 # STASH holds: *.whl (onnxruntime-gpu may be in parts ort.part.N), tiny/repo, y608/repo (model.onnx
 # in parts y608.onnx.N), darknet/ (../shared/darknet) and yolov4-tiny/ (.cache/yolov4-tiny).
 set -uo pipefail
@@ -26,9 +26,15 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
 fi
 if [ "$WHAT" = bench-tiny ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/tiny/repo" --photos ../shared/darknet --out "$OUT/tiny" \
-    --cpu-preprocess 12 --concurrency 1,8,64,128 ${MPS:+--mps} 2>&1 | tee "$OUT/bench-tiny.log"
+    --concurrency 1,8,64,128 --images-per-request 4 --also decode=postprocess ${MPS:+--mps} 2>&1 \
+    | tee "$OUT/bench-tiny.log"
 fi
 if [ "$WHAT" = bench-608 ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/y608/repo" --photos ../shared/darknet --out "$OUT/y608" \
-    --concurrency 1,8,32,64 ${MPS:+--mps} 2>&1 | tee "$OUT/bench-608.log"
+    --concurrency 1,8,32,64 --images-per-request 4 --also decode=postprocess ${MPS:+--mps} 2>&1 \
+    | tee "$OUT/bench-608.log"
+fi
+if [ "$WHAT" = tune ]; then  # make tune's search on the GPU repository (writes the best back into STASH/tiny/repo)
+  run python bench/tune.py --repository "$STASH/tiny/repo" --budget-s "${BUDGET_S:-420}" 2>&1 | tee "$OUT/tune.log"
+  cp "$STASH/tiny/repo/tuning.md" "$OUT/" 2>/dev/null || true
 fi

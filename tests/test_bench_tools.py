@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -66,3 +67,40 @@ def test_rerender_with_a_bad_setting_changes_nothing(built_repo, tmp_path):
         rerender(repo, max_batch_size=0)
     assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == snapshot
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cpu_breakdown_counts_images_of_batched_requests(server, photos, tmp_path):
+    """perf_analyzer -b 2 with the JPEG JSON: two images per request, counted as images (Triton counts requests)."""
+    from run import cpu_breakdown, perf_input_file
+
+    images = tmp_path / "images.json"
+    perf_input_file([p.read_bytes() for p in photos[:3]], images)
+    stats = lambda: grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
+        "yolov4_detector", as_json=True)["model_stats"][0]["inference_count"]
+    before = int(stats())
+    ips, per_image = cpu_breakdown(server, 1, images, lambda *_: None, window_ms=1500, images_per_request=2)
+    assert ips > 0 and all(v > 0 for v in per_image.values()), per_image
+    assert int(stats()) - before >= 2 * 3  # the detector saw images, two per request
+
+
+def test_tune_searches_gpu_settings_for_a_gpu_repository():
+    from tune import DIMENSIONS, dimensions
+
+    from yolotriton.repository import RepositorySettings
+
+    assert dimensions(RepositorySettings()) is DIMENSIONS
+    gpu = dimensions(RepositorySettings(detector_device="gpu", preprocess_device="gpu"))
+    keys = {k for dim in gpu for alt in dim for k in alt}
+    assert keys == {"detector_instances", "ort_threads", "preprocess_instances", "postprocess_instances",
+                    "max_queue_delay_us"}
+    assert max(alt["detector_instances"] for alt in gpu[0]) <= 4  # each one a CUDA context, not one per core
+
+
+@pytest.mark.slow
+def test_tune_stops_at_its_budget_and_writes_the_best(built_repo, tmp_path):
+    from tune import tune
+
+    repo = tmp_path / "repo"
+    shutil.copytree(built_repo, repo)
+    best, rows = tune(repo, concurrency=2, interval=1500, log=lambda *_: None, budget_s=1)
+    assert len(rows) == 1 and rows[0] is best and best["ips"] > 0  # one candidate measured, then the budget

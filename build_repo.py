@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="where the raw heads are decoded: detector = into the top-K candidates by ONNX Runtime "
                           "right after the network (python target; on the GPU with it, so the heads never leave "
                           "it); auto = detector when --detector-device gpu and the model has raw heads")
+    out.add_argument("--cuda-wait", choices=("spin", "block"), default="spin",
+                     help="GPU stubs: how a thread waits for the GPU (block: sleeps, frees the core; spin: CUDA's "
+                          "default); docs/gpu-host.md has the measurements")
     out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")
     trt = p.add_argument_group("TensorRT (--target tensorrt; --trt-accelerator for --target onnxruntime)")
     trt.add_argument("--plan-builder", choices=("local", "docker", "tensorrt-rtx"), default="local",
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=args.detector_precision,
             preprocess_device=pre_device, letterbox_fill=args.letterbox_fill,
-            decode="postprocess" if args.decode == "auto" else args.decode)
+            decode="postprocess" if args.decode == "auto" else args.decode, cuda_wait=args.cuda_wait)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "activated": args.activated,
                   "scale_x_y_applied": args.scale_x_y_applied, "box_format": args.box_format,

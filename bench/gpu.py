@@ -132,7 +132,7 @@ def sweep(server, levels, images_json: Path, tmp: Path, log, images_per_request:
 
 
 def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: str, log, detector_alone=False,
-           images_per_request: int = 1):
+           images_per_request: int = 1, detector_batches=()):
     from yolotriton.server import TritonServer
 
     res = {}
@@ -153,6 +153,14 @@ def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: s
             res["batched"] = {"best": best_b}
             res["batched"]["cpu_ips"], res["batched"]["cpu"] = run.cpu_breakdown(
                 server, int(best_b["Concurrency"]), images_json, log, images_per_request=n)
+        for b in detector_batches:  # one request of b images at a time: the detector's time per batch size
+            try:
+                d = run.perf_analyzer(server, "yolov4_detector", tmp / f"det-b{b}.csv",
+                                      ["-b", str(b), "--input-data", "random", "--concurrency-range", "1:1"], log)
+                res.setdefault("detector_batches", {})[b] = (float(d[0]["Inferences/Second"]),
+                                                             int(d[0]["p50 latency"]) / 1000)
+            except RuntimeError as e:
+                log(f"    detector batch {b} failed: {str(e)[-300:]}")
         if detector_alone:
             log(f"[gpu] {label}: served detector alone, batch 8, random FP32 input")
             for shm in ("cuda", "system"):
@@ -179,8 +187,12 @@ def main():
     ap.add_argument("--images-per-request", type=int, default=1,
                     help="also send N JPEGs per request (perf_analyzer -b N) at the best concurrency / N, with its "
                          "CPU per image")
+    ap.add_argument("--detector-batches", default="",
+                    help="e.g. 1,2,3,8: in-process ORT CUDA and the served detector alone (one request at a time) "
+                         "at each batch size")
     ap.add_argument("--also", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                     help="also serve a re-rendered copy with these settings (e.g. decode=postprocess); repeatable")
+    ap.add_argument("--also-concurrency", default="", help="levels for the --also variants (default: the top two)")
     ap.add_argument("--mps", action="store_true",
                     help="run the servers under NVIDIA MPS (started here, stopped at the end): the stubs' CUDA "
                          "contexts then share the GPU instead of being time-sliced")
@@ -192,7 +204,10 @@ def main():
         report(args)
     finally:
         if args.mps:
-            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True)
+            try:  # quit waits for MPS clients; a stub left behind must not hang the run
+                subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, timeout=20)
+            except subprocess.TimeoutExpired:
+                print("[gpu] MPS control daemon did not quit within 20 s", flush=True)
 
 
 def report(args):
@@ -216,14 +231,16 @@ def report(args):
     x1 = images.preprocess_bytes(blobs[0], *size)[0][None]
     model = args.repo / "yolov4_detector" / "1" / "model.onnx"
     inproc = {}
-    for b in (1, 8):
+    batches = sorted({1, 8, *(int(b) for b in args.detector_batches.split(",") if b)})
+    for b in batches:
         inproc[b] = in_process(model, np.repeat(x1, b, axis=0), args.seconds)
         log(f"[gpu] in-process ORT CUDA b{b}: {inproc[b][0]:.1f} img/s, p50 {inproc[b][1]:.2f} ms")
     levels = [int(c) for c in args.concurrency.split(",")]
     results = {f"GPU preprocess ({settings.preprocess_instances}/{settings.detector_instances}/"
                f"{settings.postprocess_instances} instances)": served(args.repo, levels, tmp / "images.json", tmp,
                                                                       args.out, "gpu-pre", log, detector_alone=True,
-                                                                      images_per_request=args.images_per_request)}
+                                                                      images_per_request=args.images_per_request,
+                                                                      detector_batches=[int(b) for b in args.detector_batches.split(",") if b])}
     if args.cpu_preprocess:
         variant = args.repo.parent / "repo-cpu-preprocess"
         if variant.exists():
@@ -244,8 +261,8 @@ def report(args):
             shutil.rmtree(variant)
         copy_repository(args.repo, variant)
         rerender(variant, **changes)
-        # the top two concurrency levels only: the variants are compared where the GPU is busy
-        results[also] = served(variant, levels[-2:], tmp / "images.json", tmp, args.out, f"also-{i}", log)
+        also_levels = [int(c) for c in args.also_concurrency.split(",")] if args.also_concurrency else levels[-2:]
+        results[also] = served(variant, also_levels, tmp / "images.json", tmp, args.out, f"also-{i}", log)
 
     best_inproc = max(v[0] for v in inproc.values())
     lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
@@ -262,6 +279,9 @@ def report(args):
             per = f", {row['images_per_request']} images per request" if row["images_per_request"] > 1 else ""
             lines.append(f"| served ensemble, {label}, concurrency {row['Concurrency']}{per} (GPU {row['gpu_util']:.0f}%) "
                          f"| {ips:.1f} | {int(row['p50 latency']) / 1000:.1f} | {ips / best_inproc:.2f} |")
+        for b, (ips, p50) in r.get("detector_batches", {}).items():
+            lines.append(f"| served detector alone, {label}, batch {b}, one request at a time | {ips:.1f} | {p50:.2f} | "
+                         f"{ips / best_inproc:.2f} |")
         if "detector" in r:
             shm, ips = r["detector"]
             # perf_analyzer counts inferences as requests x batch size: already images/s

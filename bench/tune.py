@@ -52,6 +52,7 @@ def dimensions(settings) -> list[list[dict]]:
         [{"preprocess_instances": n} for n in pre],
         [{"postprocess_instances": n} for n in sorted({max(1, CORES // 8), max(1, CORES // 4), max(1, CORES // 2)})],
         [{"max_queue_delay_us": d} for d in (0, 500, 2000)],
+        [{"cuda_wait": w} for w in ("spin", "block")],
     ]
 
 

@@ -92,7 +92,7 @@ def test_tune_searches_gpu_settings_for_a_gpu_repository():
     gpu = dimensions(RepositorySettings(detector_device="gpu", preprocess_device="gpu"))
     keys = {k for dim in gpu for alt in dim for k in alt}
     assert keys == {"detector_instances", "ort_threads", "preprocess_instances", "postprocess_instances",
-                    "max_queue_delay_us"}
+                    "max_queue_delay_us", "cuda_wait"}
     assert max(alt["detector_instances"] for alt in gpu[0]) <= 4  # each one a CUDA context, not one per core
 
 

@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import yaml
-
 K8S_VERSION = "1.31.0"  # the schemas the manifests are validated against (kubernetes-validate)
 MANIFESTS = ("deployment.yaml", "services.yaml", "autoscaling.yaml", "inferenceservice.yaml")
 CRD_KINDS = {("serving.kserve.io/v1beta1", "InferenceService")}  # not in Kubernetes' own schemas
@@ -88,6 +86,8 @@ def render_deploy(directory: Path, d: DeploySettings, repo) -> list[Path]:
 
 
 def documents(directory: Path):
+    import yaml  # here, not at import: build_repo.py imports this module for DeployError on every build
+
     for name in MANIFESTS:
         for doc in yaml.safe_load_all((Path(directory) / name).read_text()):
             if doc:

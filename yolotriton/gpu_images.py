@@ -96,7 +96,7 @@ class GpuPreprocessor:
     """Decode (nvImageCodec) + resize (ONNX Runtime CUDA) for a list of requests' encoded images."""
 
     def __init__(self, resize_onnx: str, net_w: int, net_h: int, mode: str, max_pixels: int, max_bytes: int,
-                 device_id: int = 0):
+                 device_id: int = 0, cuda_wait: str = "spin"):
         from cuda.bindings import runtime as cudart
         from nvidia import nvimgcodec
 
@@ -104,6 +104,8 @@ class GpuPreprocessor:
         self.net_w, self.net_h, self.mode = net_w, net_h, mode
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
         _cuda_check(cudart.cudaSetDevice(device_id))
+        if cuda_wait == "block":  # the stream synchronize sleeps instead of spinning a core
+            _cuda_check(cudart.cudaSetDeviceFlags(cudart.cudaDeviceScheduleBlockingSync))
         self.stream = int(_cuda_check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
         self.resizer = Resizer(resize_onnx, net_w, net_h, mode, "cuda", device_id, self.stream)
         kinds = nvimgcodec.BackendKind

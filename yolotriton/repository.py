@@ -87,6 +87,9 @@ class RepositorySettings:
     # "detector": the python detector decodes its raw heads into the top-K candidates (candidates.onnx, on the
     # GPU with it) and the postprocess gets those instead of the heads; "postprocess": the heads go to the postprocess
     decode: str = "postprocess"
+    # How the GPU stubs wait for the GPU: "spin" (CUDA's default while cores are free: lowest latency, a core
+    # busy for the whole wait) or "block" (cudaDeviceScheduleBlockingSync: the thread sleeps until the GPU is done)
+    cuda_wait: str = "spin"
     instances_reason: str = ""  # how the instance counts were chosen (--instances auto writes it)
 
     def __post_init__(self):
@@ -117,6 +120,8 @@ class RepositorySettings:
             raise RepositoryError(f"decode {self.decode!r}: expected one of {', '.join(DECODE_STAGES)}")
         if self.decode == "detector" and self.target != "python":
             raise RepositoryError("--decode detector is an option of --target python (the Python-backend detector)")
+        if self.cuda_wait not in ("spin", "block"):
+            raise RepositoryError(f"cuda wait {self.cuda_wait!r}: expected spin or block")
         if not 0 <= self.letterbox_fill <= 1:
             raise RepositoryError(f"letterbox fill {self.letterbox_fill}: expected a value in [0, 1]")
 
@@ -184,7 +189,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         instance_kind="KIND_GPU" if s.preprocess_device == "gpu" else "KIND_CPU",
         parameters={"input_width": str(w), "input_height": str(h), "resize_mode": s.resize_mode,
                     "letterbox_fill": str(s.letterbox_fill), "max_pixels": str(s.max_pixels),
-                    "max_bytes": str(s.max_bytes), "device": s.preprocess_device})
+                    "max_bytes": str(s.max_bytes), "device": s.preprocess_device, "cuda_wait": s.cuda_wait})
     on_gpu = s.detector_on_gpu
     det_common = dict(name=s.detector, inputs=[net_in], outputs=det_outs, max_batch_size=s.max_batch_size,
                       instances=s.detector_instances, instance_kind="KIND_GPU" if on_gpu else s.instance_kind,
@@ -194,7 +199,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         det = ModelConfig(backend="python", parameters={
             "intra_op_threads": str(s.ort_threads), "execution_providers": providers,
             "model_file": "model.fp16.onnx" if s.detector_precision == "fp16" else "model.onnx",
-            "candidates_file": "candidates.onnx" if s.decode == "detector" else "",
+            "candidates_file": "candidates.onnx" if s.decode == "detector" else "", "cuda_wait": s.cuda_wait,
             # GPU preprocess: take its output where it is (on the GPU) instead of Triton's copy to the host
             "FORCE_CPU_ONLY_INPUT_TENSORS": "no" if s.preprocess_device == "gpu" else "yes"}, **det_common)
     elif s.target == "onnxruntime":

@@ -44,6 +44,8 @@ class TritonPythonModel:
 
             self.cudart = cudart
             self._check(cudart.cudaSetDevice(self.device))
+            if params.get("cuda_wait") == "block":  # waits sleep instead of spinning a core (ONNX Runtime's too)
+                self._check(cudart.cudaSetDeviceFlags(cudart.cudaDeviceScheduleBlockingSync))
             self.stream = int(self._check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
             cuda["user_compute_stream"] = str(self.stream)
         providers = [(p, cuda) if p == "CUDAExecutionProvider" else p

@@ -30,7 +30,8 @@ class TritonPythonModel:
 
             here = os.path.join(args["model_repository"], args["model_version"])
             self.gpu = GpuPreprocessor(os.path.join(here, "resize.onnx"), self.width, self.height, self.mode,
-                                       self.max_pixels, self.max_bytes, int(args.get("model_instance_device_id") or 0))
+                                       self.max_pixels, self.max_bytes, int(args.get("model_instance_device_id") or 0),
+                                       params.get("cuda_wait", "spin"))
         if images.simplejpeg is None:
             pb_utils.Logger.log_warn("simplejpeg is not installed in the stub's environment: JPEGs are decoded "
                                      "by OpenCV instead (same pixels, about 1 ms slower per photo)")

@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="where the raw heads are decoded: detector = into the top-K candidates by ONNX Runtime "
                           "right after the network (python target; on the GPU with it, so the heads never leave "
                           "it); auto = detector when --detector-device gpu and the model has raw heads")
-    out.add_argument("--cuda-wait", choices=("spin", "block"), default="spin",
+    out.add_argument("--cuda-wait", choices=("spin", "block"), default="block",
                      help="GPU stubs: how a thread waits for the GPU (block: sleeps, frees the core; spin: CUDA's "
                           "default); docs/gpu-host.md has the measurements")
     out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")

@@ -74,6 +74,13 @@ def test_gpu_preprocess_config():
         RepositorySettings(preprocess_device="gpu")
     trt = model_configs(SPEC, RepositorySettings(target="tensorrt", preprocess_device="gpu"))[0][0]
     assert trt.instance_kind == "KIND_GPU"
+    # the GPU stubs sleep while they wait for the GPU unless told to spin (docs/gpu-host.md has the measurements)
+    assert pre.parameters["cuda_wait"] == det.parameters["cuda_wait"] == "block"
+    spin = model_configs(SPEC, RepositorySettings(detector_device="gpu", preprocess_device="gpu", cuda_wait="spin"))
+    assert spin[0][0].parameters["cuda_wait"] == spin[0][1].parameters["cuda_wait"] == "spin"
+    with pytest.raises(RepositoryError, match="expected spin or block"):
+        RepositorySettings(cuda_wait="yield")
+    assert build_repo.parse_args(["--cuda-wait", "spin"]).cuda_wait == "spin"
 
 
 def test_auto_instances_rules():

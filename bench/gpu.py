@@ -144,7 +144,7 @@ def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: s
         conc = int(best["Concurrency"])
         log(f"[gpu] {label}: CPU per image at concurrency {conc}")
         res["cpu_ips"], res["cpu"] = run.cpu_breakdown(server, conc, images_json, log)
-        if images_per_request > 1:  # the same images in flight, sent N to a request (the client's detect(list))
+        if images_per_request > 1:  # the same images in flight, sent N to a request (the client's detect_batch)
             n = images_per_request
             log(f"[gpu] {label}: {n} images per request")
             batched = sweep(server, sorted({max(1, conc // n), max(1, 2 * conc // n)}), images_json, tmp, log, n)

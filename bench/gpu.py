@@ -231,16 +231,17 @@ def report(args):
     x1 = images.preprocess_bytes(blobs[0], *size)[0][None]
     model = args.repo / "yolov4_detector" / "1" / "model.onnx"
     inproc = {}
-    batches = sorted({1, 8, *(int(b) for b in args.detector_batches.split(",") if b)})
-    for b in batches:
+    ints = lambda text: [int(v) for v in text.split(",") if v]
+    detector_batches = ints(args.detector_batches)
+    for b in sorted({1, 8, *detector_batches}):
         inproc[b] = in_process(model, np.repeat(x1, b, axis=0), args.seconds)
         log(f"[gpu] in-process ORT CUDA b{b}: {inproc[b][0]:.1f} img/s, p50 {inproc[b][1]:.2f} ms")
-    levels = [int(c) for c in args.concurrency.split(",")]
+    levels = ints(args.concurrency)
     results = {f"GPU preprocess ({settings.preprocess_instances}/{settings.detector_instances}/"
                f"{settings.postprocess_instances} instances)": served(args.repo, levels, tmp / "images.json", tmp,
                                                                       args.out, "gpu-pre", log, detector_alone=True,
                                                                       images_per_request=args.images_per_request,
-                                                                      detector_batches=[int(b) for b in args.detector_batches.split(",") if b])}
+                                                                      detector_batches=detector_batches)}
     if args.cpu_preprocess:
         variant = args.repo.parent / "repo-cpu-preprocess"
         if variant.exists():
@@ -261,7 +262,7 @@ def report(args):
             shutil.rmtree(variant)
         copy_repository(args.repo, variant)
         rerender(variant, **changes)
-        also_levels = [int(c) for c in args.also_concurrency.split(",")] if args.also_concurrency else levels[-2:]
+        also_levels = ints(args.also_concurrency) or levels[-2:]
         results[also] = served(variant, also_levels, tmp / "images.json", tmp, args.out, f"also-{i}", log)
 
     best_inproc = max(v[0] for v in inproc.values())

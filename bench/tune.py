@@ -84,10 +84,11 @@ def tune(repo: Path, concurrency: int, interval: int, log=print, budget_s: float
     work = Path(tempfile.mkdtemp(prefix="yolotriton-tune-"))
     images_json = work / "images.json"
     perf_input_file([p.read_bytes() for p in photos()], images_json)
-    dims = dimensions(read_settings(repo))
+    settings = read_settings(repo)
+    dims = dimensions(settings)
     keys = {k for dim in dims for alt in dim for k in alt}
     t0 = time.perf_counter()
-    current = {k: v for k, v in dataclasses.asdict(read_settings(repo)).items() if k in keys}
+    current = {k: v for k, v in dataclasses.asdict(settings).items() if k in keys}
     rows: list[dict] = []
     seen: dict[tuple, dict] = {}
     best = None
@@ -96,10 +97,10 @@ def tune(repo: Path, concurrency: int, interval: int, log=print, budget_s: float
             for alt in dim:
                 cand = {**current, **alt}
                 key = tuple(sorted(cand.items()))
-                if key not in seen and budget_s and time.perf_counter() - t0 > budget_s and best is not None:
-                    log(f"  budget of {budget_s:.0f} s spent: {cand} and the rest not measured")
-                    return best, rows
                 if key not in seen:
+                    if budget_s and best is not None and time.perf_counter() - t0 > budget_s:
+                        log(f"  budget of {budget_s:.0f} s spent: {cand} and the rest not measured")
+                        return best, rows
                     seen[key] = measure(repo, cand, images_json, concurrency, interval, work, log)
                     rows.append(seen[key])
                 if best is None or seen[key]["ips"] > best["ips"]:

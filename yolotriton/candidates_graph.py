@@ -28,10 +28,13 @@ from .spec import DetectorSpec
 OPSET = 18
 
 
+def _box_count(spec: DetectorSpec) -> int:
+    return sum(h.grid[0] * h.grid[1] * len(h.anchors) for h in spec.heads)
+
+
 def candidate_count(spec: DetectorSpec, pre_nms_top_k: int = PRE_NMS_TOP_K) -> int:
     """K: the pre-NMS cap, or every (box, class) pair of a model that has fewer."""
-    boxes = sum(h.grid[0] * h.grid[1] * len(h.anchors) for h in spec.heads)
-    return min(int(pre_nms_top_k), boxes * spec.num_classes)
+    return min(int(pre_nms_top_k), _box_count(spec) * spec.num_classes)
 
 
 def candidates_model(spec: DetectorSpec, pre_nms_top_k: int = PRE_NMS_TOP_K):
@@ -93,7 +96,7 @@ def candidates_model(spec: DetectorSpec, pre_nms_top_k: int = PRE_NMS_TOP_K):
         box_parts.append(node("Concat", [node("Sub", [centre, half], p + "lo"), node("Add", [centre, half], p + "hi")],
                               p + "boxes", axis=2))
         score_parts.append(node("Mul", [obj, cls], p + "scores"))
-    total = sum(h.grid[0] * h.grid[1] * len(h.anchors) for h in spec.heads)
+    total = _box_count(spec)
     k = candidate_count(spec, pre_nms_top_k)
     boxes = node("Concat", box_parts, "boxes", axis=1) if len(box_parts) > 1 else box_parts[0]
     scores = node("Concat", score_parts, "scores", axis=1) if len(score_parts) > 1 else score_parts[0]

@@ -86,6 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--cuda-wait", choices=("spin", "block"), default="block",
                      help="GPU stubs: how a thread waits for the GPU (block: sleeps, frees the core; spin: CUDA's "
                           "default); docs/gpu-host.md has the measurements")
+    out.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
+                     help="python detector on the GPU: replay one captured CUDA graph per batch size (on) or launch "
+                          "the kernels one by one (off)")
     out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")
     trt = p.add_argument_group("TensorRT (--target tensorrt; --trt-accelerator for --target onnxruntime)")
     trt.add_argument("--plan-builder", choices=("local", "docker", "tensorrt-rtx"), default="local",
@@ -166,7 +169,8 @@ def main(argv=None) -> int:
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=args.detector_precision,
             preprocess_device=pre_device, letterbox_fill=args.letterbox_fill,
-            decode="postprocess" if args.decode == "auto" else args.decode, cuda_wait=args.cuda_wait)
+            decode="postprocess" if args.decode == "auto" else args.decode, cuda_wait=args.cuda_wait,
+            cuda_graphs=args.cuda_graphs)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "activated": args.activated,
                   "scale_x_y_applied": args.scale_x_y_applied, "box_format": args.box_format,

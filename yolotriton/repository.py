@@ -92,6 +92,10 @@ class RepositorySettings:
     # (docs/gpu-host.md): YOLOv4 608 server CPU 4.4 ms/image with block, 13.8 with spin, same img/s; yolov4-tiny
     # 2.8 vs 3.0 ms, spin 7 % more img/s. CPU is what a GPU host runs out of first, so block is the default.
     cuda_wait: str = "block"
+    # The Python detector on the GPU replays one captured CUDA graph per batch size ("on") instead of launching
+    # its kernels one by one ("off"): less CPU per batch, and no cuDNN re-selection when the batch size changes
+    # (ort_detector.py; docs/gpu-host.md has the measurements).
+    cuda_graphs: str = "on"
     instances_reason: str = ""  # how the instance counts were chosen (--instances auto writes it)
 
     def __post_init__(self):
@@ -124,6 +128,8 @@ class RepositorySettings:
             raise RepositoryError("--decode detector is an option of --target python (the Python-backend detector)")
         if self.cuda_wait not in ("spin", "block"):
             raise RepositoryError(f"cuda wait {self.cuda_wait!r}: expected spin or block")
+        if self.cuda_graphs not in ("on", "off"):
+            raise RepositoryError(f"cuda graphs {self.cuda_graphs!r}: expected on or off")
         if not 0 <= self.letterbox_fill <= 1:
             raise RepositoryError(f"letterbox fill {self.letterbox_fill}: expected a value in [0, 1]")
 
@@ -202,6 +208,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
             "intra_op_threads": str(s.ort_threads), "execution_providers": providers,
             "model_file": "model.fp16.onnx" if s.detector_precision == "fp16" else "model.onnx",
             "candidates_file": "candidates.onnx" if s.decode == "detector" else "", "cuda_wait": s.cuda_wait,
+            "cuda_graphs": s.cuda_graphs,
             # GPU preprocess: take its output where it is (on the GPU) instead of Triton's copy to the host
             "FORCE_CPU_ONLY_INPUT_TENSORS": "no" if s.preprocess_device == "gpu" else "yes"}, **det_common)
     elif s.target == "onnxruntime":
@@ -261,6 +268,7 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
     if s.target == "python":
         det = root / s.detector / "1"
         shutil.copy(TEMPLATES / "detector_python" / "model.py", det / "model.py")
+        shutil.copy(PACKAGE_DIR / "ort_detector.py", det / "ort_detector.py")
         (det / "candidates.onnx").unlink(missing_ok=True)  # re-rendering with --decode postprocess
         if s.decode == "detector":
             from .candidates_graph import write_candidates_onnx

@@ -1,0 +1,243 @@
+"""The Python-backend detector's engine: model.onnx (and candidates.onnx) on ONNX Runtime for batches of
+1..max_batch images. Used by the detector model (copied into its folder beside model.py) and by tests.
+
+On the CPU provider it runs the joined batch as it comes. On CUDA (`OrtDetector(..., cuda=True)`):
+- one CUDA stream per instance orders the input copies, the runs and the copies back;
+- with `cuda_graphs` (default) each batch size 1..max_batch gets its own captured CUDA graph (ONNX
+  Runtime's enable_cuda_graph, one graph id per batch size) over fixed input/output buffers. Two
+  reasons, both measured on an H100 (docs/gpu-host.md): replaying a graph costs ~0.3 ms of CPU where
+  launching the network's kernels one by one costs 1.3-1.7 ms (yolov4-tiny) or 4-7 ms (YOLOv4 608) per
+  batch; and ONNX Runtime's Conv re-selects its cuDNN algorithm whenever the input shape differs from
+  its previous run, ~32 ms of CPU per batch when the dynamic batcher's batch sizes keep changing (the
+  served concurrency-8 dip). A replay runs no kernel code, so neither cost occurs.
+- without graphs (`cuda_graphs=False`, or a model ONNX Runtime cannot capture) the batch is joined on
+  the device and run with IO binding, as before; the capture failure is logged.
+Only what the postprocess needs (the heads, or with candidates.onnx the top-K candidates) comes back
+to the host, in one copy per output.
+"""
+from __future__ import annotations
+
+import ctypes
+import weakref
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+
+class OrtDetector:
+    def __init__(self, model_path: str, candidates_path: str | None = None, *, max_batch: int,
+                 cuda: bool = False, device_id: int = 0, intra_op_threads: int = 1, cuda_wait: str = "block",
+                 cuda_graphs: bool = True, log: Callable[[str], None] = print):
+        self.max_batch, self.device_id, self.log = max_batch, device_id, log
+        self.model_path, self.candidates_path = model_path, candidates_path
+        self.stream, self.cudart = 0, None
+        if cuda:
+            from cuda.bindings import runtime as cudart
+
+            self.cudart = cudart
+            self._check(cudart.cudaSetDevice(device_id))
+            if cuda_wait == "block":  # waits sleep instead of spinning a core (ONNX Runtime's too)
+                err = cudart.cudaSetDeviceFlags(cudart.cudaDeviceScheduleBlockingSync)[0]
+                if int(err) != 0:  # e.g. another user of this process's context set other flags first
+                    log(f"cudaSetDeviceFlags(BlockingSync) failed ({err}): waits spin instead")
+            self.stream = int(self._check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
+        self.intra_op_threads = intra_op_threads
+        self.graphs: dict[int, _GraphSlot] = {}
+        self.host: list[np.ndarray] = []
+        self._open(graphs=cuda and cuda_graphs)
+        if cuda and cuda_graphs:
+            try:
+                for b in range(1, max_batch + 1):  # capture every batch size before serving
+                    self.graphs[b] = _GraphSlot(self, b)
+            except Exception as e:  # noqa: BLE001 -- any capture failure: serve without graphs, say why
+                self.log(f"CUDA graphs unavailable for this model ({str(e)[:300]}); running without them")
+                self.graphs, self.host = {}, []
+                self._open(graphs=False)
+        if cuda and not self.graphs:
+            for b in range(1, max_batch + 1):  # every batch shape once, before serving
+                self(np.zeros([b, *self.input_shape], np.float32))
+
+    def _open(self, graphs: bool) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        if self.cudart is not None:
+            # HEURISTIC: cuDNN's default exhaustive search re-runs for every new batch size (without graphs, each
+            # change of batch size re-selects); measured on an H100 it cut served throughput at concurrency 8 to a third.
+            cuda = {"device_id": self.device_id, "cudnn_conv_algo_search": "HEURISTIC",
+                    "user_compute_stream": str(self.stream)}
+            if graphs:
+                cuda["enable_cuda_graph"] = "1"
+            providers = [("CUDAExecutionProvider", cuda)]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(self.model_path, opts, providers=providers)
+        if self.cudart is not None and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"ONNX Runtime here lacks the CUDA provider (has {ort.get_available_providers()})")
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape[1:]
+        if not all(isinstance(d, int) for d in self.input_shape):
+            raise RuntimeError(f"model input {self.input_name} has shape {self.session.get_inputs()[0].shape}: "
+                               "only the batch dimension may be symbolic")
+        self.head_names = [o.name for o in self.session.get_outputs()]
+        self.candidates = None
+        if self.candidates_path:
+            self.candidates = ort.InferenceSession(self.candidates_path, opts, providers=providers)
+            self.output_names = [o.name for o in self.candidates.get_outputs()]
+        else:
+            self.output_names = self.head_names
+        self.binding = self.session.io_binding()
+        if self.candidates is not None:
+            self.candidate_binding = self.candidates.io_binding()
+
+    @staticmethod
+    def _check(result):
+        err, *rest = result
+        if int(err) != 0:
+            raise RuntimeError(f"CUDA runtime error {err}")
+        return rest[0] if len(rest) == 1 else rest
+
+    def pinned(self, shape, dtype) -> np.ndarray:
+        """A numpy array in page-locked host memory (full-speed copies from the GPU), freed with its last view."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        ptr = int(self._check(self.cudart.cudaMallocHost(nbytes)))
+        buf = (ctypes.c_byte * nbytes).from_address(ptr)
+        weakref.finalize(buf, self.cudart.cudaFreeHost, ptr)
+        return np.frombuffer(buf, dtype).reshape(shape)
+
+    def copy_async(self, dst: int, src: int, nbytes: int) -> None:
+        # cudaMemcpyDefault: the source may be host memory (Triton falls back to pinned host memory when its
+        # CUDA pool is full; numpy inputs), the direction follows from the pointers (unified addressing)
+        self._check(self.cudart.cudaMemcpyAsync(dst, src, nbytes, self.cudart.cudaMemcpyKind.cudaMemcpyDefault,
+                                                self.stream))
+
+    def __call__(self, parts) -> list[np.ndarray]:
+        """Run the batch made of `parts` (per request: a numpy array, or an OrtValue on the host or the device,
+        [n, H, W, 3] float32) and return the outputs for the whole batch on the host, in output_names order.
+        With CUDA graphs they are views of this detector's pinned buffers, valid until its next call."""
+        parts = parts if isinstance(parts, (list, tuple)) else [parts]
+        n = sum(rows(p) for p in parts)
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"batch of {n} images: expected 1..{self.max_batch}")
+        if self.graphs:
+            return self.graphs[n].run(parts)
+        if self.cudart is None:
+            arrays = [p if isinstance(p, np.ndarray) else p.numpy() for p in parts]
+            return self._run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+        if len(parts) == 1:
+            batch = parts[0]  # on the host or the device: ONNX Runtime takes either
+        else:  # join the requests on the device, in the instance's stream
+            batch = ort.OrtValue.ortvalue_from_shape_and_type([n, *self.input_shape], np.float32, "cuda",
+                                                              self.device_id)
+            offset = 0
+            for p in parts:
+                offset += self._copy_part(batch.data_ptr() + offset, p)
+        return self._run(batch)
+
+    def _copy_part(self, dst: int, part) -> int:
+        if isinstance(part, np.ndarray):
+            part = np.ascontiguousarray(part, np.float32)
+            self.copy_async(dst, part.ctypes.data, part.nbytes)
+            return part.nbytes
+        nbytes = 4 * int(np.prod(part.shape()))
+        self.copy_async(dst, part.data_ptr(), nbytes)
+        return nbytes
+
+    def _run(self, batch) -> list[np.ndarray]:
+        """Eager run of one joined batch (numpy or OrtValue); outputs on the host."""
+        b = self.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        if isinstance(batch, np.ndarray):
+            b.bind_cpu_input(self.input_name, batch)
+        else:
+            b.bind_ortvalue_input(self.input_name, batch)
+        on_cuda = self.cudart is not None
+        if self.candidates is None:
+            for name in self.head_names:
+                b.bind_output(name, "cpu")
+            self.session.run_with_iobinding(b)
+            outputs = b.get_outputs()
+        else:  # the heads stay where the network left them and only the top-K candidates come back
+            for name in self.head_names:
+                b.bind_output(name, "cuda" if on_cuda else "cpu", self.device_id)
+            self.session.run_with_iobinding(b)
+            c = self.candidate_binding
+            c.clear_binding_inputs()
+            c.clear_binding_outputs()
+            for name, value in zip(self.head_names, b.get_outputs()):
+                c.bind_ortvalue_input(name, value)
+            for name in self.output_names:
+                c.bind_output(name, "cpu")
+            self.candidates.run_with_iobinding(c)
+            outputs = c.get_outputs()
+        if on_cuda:
+            self._check(self.cudart.cudaStreamSynchronize(self.stream))  # the runs are on our stream: wait for them
+        return [o.numpy() for o in outputs]
+
+
+def rows(part) -> int:
+    """Images in a request's part (numpy array or OrtValue)."""
+    return int(part.shape[0]) if isinstance(part, np.ndarray) else int(part.shape()[0])
+
+
+class _GraphSlot:
+    """One batch size's fixed buffers, bindings and captured graph(s) (graph id = the batch size)."""
+
+    def __init__(self, det: OrtDetector, b: int):
+        self.det, self.b = det, b
+        dev = lambda shape, dtype: ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cuda", det.device_id)
+        self.input = dev([b, *det.input_shape], np.float32)
+        heads = det.session.get_outputs()
+        head_shapes = self._shapes(det.session, b)
+        self.heads = [dev(s, np.float32) for s in head_shapes]
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("gpu_graph_id", str(b))
+        self.binding = det.session.io_binding()
+        self.binding.bind_ortvalue_input(det.input_name, self.input)
+        for o, v in zip(heads, self.heads):
+            self.binding.bind_ortvalue_output(o.name, v)
+        types = [np.float32] * len(heads)
+        if det.candidates is None:
+            self.outputs = self.heads
+        else:
+            outs = det.candidates.get_outputs()
+            types = [np.int32 if o.type == "tensor(int32)" else np.float32 for o in outs]
+            self.outputs = [dev(s, t) for s, t in zip(self._shapes(det.candidates, b), types)]
+            self.candidate_binding = det.candidates.io_binding()
+            for name, v in zip(det.head_names, self.heads):
+                self.candidate_binding.bind_ortvalue_input(name, v)
+            for o, v in zip(outs, self.outputs):
+                self.candidate_binding.bind_ortvalue_output(o.name, v)
+        if not det.host:  # pinned host memory for max_batch images, shared by every batch size (one call at a time)
+            det.host = [det.pinned([det.max_batch, *v.shape()[1:]], t) for v, t in zip(self.outputs, types)]
+        self.host = [h[:b] for h in det.host]
+        for _ in range(3):  # ONNX Runtime runs the first run(s) of a graph id normally, then captures
+            self.run([np.zeros([b, *det.input_shape], np.float32)])
+
+    @staticmethod
+    def _shapes(session, b: int) -> list[list[int]]:
+        """Output shapes at batch b: the model's static dims, its symbolic batch dim set to b."""
+        shapes = []
+        for o in session.get_outputs():
+            dims = [d if isinstance(d, int) else None for d in o.shape]
+            if dims[0] is not None and dims[0] != b or any(d is None for d in dims[1:]):
+                raise RuntimeError(f"output {o.name} has shape {o.shape}: only the batch dimension may be symbolic")
+            shapes.append([b, *dims[1:]])
+        return shapes
+
+    def run(self, parts) -> list[np.ndarray]:
+        det = self.det
+        offset = 0
+        for p in parts:
+            offset += det._copy_part(self.input.data_ptr() + offset, p)
+        det.session.run_with_iobinding(self.binding, self.run_options)
+        if det.candidates is not None:
+            det.candidates.run_with_iobinding(self.candidate_binding, self.run_options)
+        for h, v in zip(self.host, self.outputs):
+            det._check(det.cudart.cudaMemcpyAsync(h.ctypes.data, v.data_ptr(), h.nbytes,
+                                                  det.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, det.stream))
+        det._check(det.cudart.cudaStreamSynchronize(det.stream))
+        return list(self.host)

@@ -5,7 +5,8 @@ against in-process ONNX Runtime CUDA on the same GPU, with the CPU cost of every
   python bench/gpu.py --repo R --photos DIR --out DIR [--concurrency 1,8,32,64,128] [--cpu-preprocess N]
 
 R is a repository built with --detector-device gpu (GPU preprocess by default). Rows, all measured here:
-- in-process ORT CUDA, batch 1 and 8 (the detector's model.onnx; numpy in, numpy out);
+- in-process ORT CUDA, batch 1 and 8 (the detector's model.onnx; numpy in, numpy out), and batch 8 through
+  OrtDetector with its CUDA graph (the served detector's engine);
 - the served ensemble (perf_analyzer over gRPC, --input-data with the photos' JPEG bytes) at each
   concurrency, with GPU utilisation sampled by nvidia-smi during each level;
 - CPU ms per image of tritonserver and of each model's stubs at the best concurrency (perf_analyzer's own
@@ -47,6 +48,15 @@ def in_process(model: Path, batch: np.ndarray, seconds: float) -> tuple[float, f
     sess = ort.InferenceSession(str(model), providers=[("CUDAExecutionProvider", cuda)])
     assert sess.get_providers()[0] == "CUDAExecutionProvider", sess.get_providers()
     ips, lat = run.rate(lambda: sess.run(None, {"images": batch}), len(batch), seconds)
+    return ips, statistics.median(lat)
+
+
+def in_process_graphs(model: Path, batch: np.ndarray, seconds: float) -> tuple[float, float]:
+    """The served detector's engine in-process: OrtDetector with its CUDA graph for this batch size."""
+    from yolotriton.ort_detector import OrtDetector
+
+    det = OrtDetector(str(model), None, max_batch=len(batch), cuda=True, cuda_wait="spin")
+    ips, lat = run.rate(lambda: det([batch]), len(batch), seconds)
     return ips, statistics.median(lat)
 
 
@@ -236,6 +246,9 @@ def report(args):
     for b in sorted({1, 8, *detector_batches}):
         inproc[b] = in_process(model, np.repeat(x1, b, axis=0), args.seconds)
         log(f"[gpu] in-process ORT CUDA b{b}: {inproc[b][0]:.1f} img/s, p50 {inproc[b][1]:.2f} ms")
+    graphed = in_process_graphs(model, np.repeat(x1, 8, axis=0), args.seconds)
+    log(f"[gpu] in-process ORT CUDA graphs b8 (the served detector's engine): {graphed[0]:.1f} img/s, "
+        f"p50 {graphed[1]:.2f} ms")
     levels = ints(args.concurrency)
     results = {f"GPU preprocess ({settings.preprocess_instances}/{settings.detector_instances}/"
                f"{settings.postprocess_instances} instances)": served(args.repo, levels, tmp / "images.json", tmp,
@@ -265,7 +278,7 @@ def report(args):
         also_levels = ints(args.also_concurrency) or levels[-2:]
         results[also] = served(variant, also_levels, tmp / "images.json", tmp, args.out, f"also-{i}", log)
 
-    best_inproc = max(v[0] for v in inproc.values())
+    best_inproc = max(graphed[0], *(v[0] for v in inproc.values()))
     lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"`{' '.join(sys.argv)}`", "",
              f"GPU: {gpu}; ONNX Runtime {ort.__version__}; {os.cpu_count()} cores; {len(blobs)} photos (JPEG); "
@@ -274,6 +287,8 @@ def report(args):
              "| path | images/s | p50 ms | ratio to best in-process |", "|---|---|---|---|"]
     for b, (ips, p50) in inproc.items():
         lines.append(f"| in-process ORT CUDA, batch {b} | {ips:.1f} | {p50:.2f} | {ips / best_inproc:.2f} |")
+    lines.append(f"| in-process ORT CUDA graphs (OrtDetector), batch 8 | {graphed[0]:.1f} | {graphed[1]:.2f} | "
+                 f"{graphed[0] / best_inproc:.2f} |")
     for label, r in results.items():
         for row in r["rows"]:
             ips = float(row["Inferences/Second"])

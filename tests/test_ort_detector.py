@@ -76,3 +76,23 @@ def test_cuda_graphs_equal_eager_cuda_while_the_batch_size_changes(detector_file
         got, ref = graphed(parts), eager(x)
         for g, r in zip(got, ref):
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5, err_msg=f"batch {n}")
+
+
+@gpu
+def test_a_model_without_capturable_shapes_runs_without_graphs(tmp_path, batch):
+    """An output whose size depends on the data gets no fixed buffer: served eagerly, the reason logged."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    bright = helper.make_tensor("bright", TensorProto.FLOAT, [], [0.999])
+    graph = helper.make_graph(
+        [helper.make_node("Greater", ["images", "bright"], ["mask"]), helper.make_node("NonZero", ["mask"], ["where"])],
+        "where", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 416, 416, 3])],
+        [helper.make_tensor_value_info("where", TensorProto.INT64, [4, "n"])], initializer=[bright])
+    path = tmp_path / "where.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    said = []
+    det = OrtDetector(str(path), None, max_batch=8, cuda=True, cuda_wait="spin", log=said.append)
+    assert not det.graphs and any("CUDA graphs unavailable" in s for s in said), said
+    for n in (3, 1, 8):
+        np.testing.assert_array_equal(det([batch[:n]])[0], np.array(np.nonzero(batch[:n] > np.float32(0.999))))

@@ -45,15 +45,16 @@ class OrtDetector:
         self.intra_op_threads = intra_op_threads
         self.graphs: dict[int, _GraphSlot] = {}
         self.host: list[np.ndarray] = []
-        self._open(graphs=cuda and cuda_graphs)
         if cuda and cuda_graphs:
             try:
+                self._open(graphs=True)
                 for b in range(1, max_batch + 1):  # capture every batch size before serving
                     self.graphs[b] = _GraphSlot(self, b)
             except Exception as e:  # noqa: BLE001 -- any capture failure: serve without graphs, say why
                 self.log(f"CUDA graphs unavailable for this model ({str(e)[:300]}); running without them")
                 self.graphs, self.host = {}, []
-                self._open(graphs=False)
+        if not self.graphs:
+            self._open(graphs=False)
         if cuda and not self.graphs:
             for b in range(1, max_batch + 1):  # every batch shape once, before serving
                 self(np.zeros([b, *self.input_shape], np.float32))

@@ -10,8 +10,8 @@ On the CPU provider it runs the joined batch as it comes. On CUDA (`OrtDetector(
   batch; and ONNX Runtime's Conv re-selects its cuDNN algorithm whenever the input shape differs from
   its previous run, ~32 ms of CPU per batch when the dynamic batcher's batch sizes keep changing (the
   served concurrency-8 dip). A replay runs no kernel code, so neither cost occurs.
-- without graphs (`cuda_graphs=False`, or a model ONNX Runtime cannot capture) the batch is joined on
-  the device and run with IO binding, as before; the capture failure is logged.
+- without graphs (`cuda_graphs=False`, or a model ONNX Runtime cannot capture, whose reason is logged)
+  the batch is joined on the device and run with IO binding, every batch shape run once at start-up.
 Only what the postprocess needs (the heads, or with candidates.onnx the top-K candidates) comes back
 to the host, in one copy per output.
 """
@@ -26,6 +26,8 @@ import onnxruntime as ort
 
 
 class OrtDetector:
+    """`detector(parts)` -> the batch's outputs on the host (output_names order); parts are the requests' inputs."""
+
     def __init__(self, model_path: str, candidates_path: str | None = None, *, max_batch: int,
                  cuda: bool = False, device_id: int = 0, intra_op_threads: int = 1, cuda_wait: str = "block",
                  cuda_graphs: bool = True, log: Callable[[str], None] = print):

@@ -111,8 +111,8 @@ class OrtDetector:
         return np.frombuffer(buf, dtype).reshape(shape)
 
     def copy_async(self, dst: int, src: int, nbytes: int) -> None:
-        # cudaMemcpyDefault: the source may be host memory (Triton falls back to pinned host memory when its
-        # CUDA pool is full; numpy inputs), the direction follows from the pointers (unified addressing)
+        # cudaMemcpyDefault: either side may be host memory (Triton falls back to pinned host memory when its
+        # CUDA pool is full; numpy inputs; the pinned outputs), the direction follows from the pointers
         self._check(self.cudart.cudaMemcpyAsync(dst, src, nbytes, self.cudart.cudaMemcpyKind.cudaMemcpyDefault,
                                                 self.stream))
 
@@ -190,19 +190,17 @@ class _GraphSlot:
     """One batch size's fixed buffers, bindings and captured graph(s) (graph id = the batch size)."""
 
     def __init__(self, det: OrtDetector, b: int):
-        self.det, self.b = det, b
+        self.det = det
         dev = lambda shape, dtype: ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cuda", det.device_id)
         self.input = dev([b, *det.input_shape], np.float32)
-        heads = det.session.get_outputs()
-        head_shapes = self._shapes(det.session, b)
-        self.heads = [dev(s, np.float32) for s in head_shapes]
+        self.heads = [dev(s, np.float32) for s in self._shapes(det.session, b)]
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("gpu_graph_id", str(b))
         self.binding = det.session.io_binding()
         self.binding.bind_ortvalue_input(det.input_name, self.input)
-        for o, v in zip(heads, self.heads):
-            self.binding.bind_ortvalue_output(o.name, v)
-        types = [np.float32] * len(heads)
+        for name, v in zip(det.head_names, self.heads):
+            self.binding.bind_ortvalue_output(name, v)
+        types = [np.float32] * len(self.heads)
         if det.candidates is None:
             self.outputs = self.heads
         else:
@@ -240,7 +238,6 @@ class _GraphSlot:
         if det.candidates is not None:
             det.candidates.run_with_iobinding(self.candidate_binding, self.run_options)
         for h, v in zip(self.host, self.outputs):
-            det._check(det.cudart.cudaMemcpyAsync(h.ctypes.data, v.data_ptr(), h.nbytes,
-                                                  det.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, det.stream))
+            det.copy_async(h.ctypes.data, v.data_ptr(), h.nbytes)
         det._check(det.cudart.cudaStreamSynchronize(det.stream))
         return list(self.host)

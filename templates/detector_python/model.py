@@ -35,7 +35,7 @@ class TritonPythonModel:
             os.path.join(here, candidates) if candidates else None,
             max_batch=int(config["max_batch_size"]), cuda=on_gpu,
             device_id=int(args.get("model_instance_device_id") or 0),
-            intra_op_threads=int(params.get("intra_op_threads", "1")), cuda_wait=params.get("cuda_wait", "block"),
+            intra_op_threads=int(params.get("intra_op_threads", "1")), cuda_wait=params.get("cuda_wait", "spin"),
             cuda_graphs=params.get("cuda_graphs", "on") == "on", log=pb_utils.Logger.log_warn)
         self.input_name = self.detector.input_name
         self.output_names = [o["name"] for o in config["output"]]

@@ -255,28 +255,29 @@ def report(args):
                                                                       args.out, "gpu-pre", log, detector_alone=True,
                                                                       images_per_request=args.images_per_request,
                                                                       detector_batches=detector_batches)}
+    def variant(name: str, **changes) -> Path:
+        """A copy of the repository beside it, re-rendered with `changes` (the weights are copied, not rebuilt)."""
+        path = args.repo.parent / name
+        if path.exists():
+            shutil.rmtree(path)
+        copy_repository(args.repo, path)
+        rerender(path, **changes)
+        return path
+
     if args.cpu_preprocess:
-        variant = args.repo.parent / "repo-cpu-preprocess"
-        if variant.exists():
-            shutil.rmtree(variant)
-        copy_repository(args.repo, variant)
         post = max(1, (os.cpu_count() or 4) // 4)
-        rerender(variant, preprocess_device="cpu", preprocess_instances=args.cpu_preprocess, postprocess_instances=post)
+        cpu_repo = variant("repo-cpu-preprocess", preprocess_device="cpu", preprocess_instances=args.cpu_preprocess,
+                           postprocess_instances=post)
         results[f"CPU preprocess ({args.cpu_preprocess}/{settings.detector_instances}/{post} instances)"] = served(
-            variant, levels, tmp / "images.json", tmp, args.out, "cpu-pre", log)
+            cpu_repo, levels, tmp / "images.json", tmp, args.out, "cpu-pre", log)
 
     for i, also in enumerate(args.also):
         changes = {}
         for kv in also.split(","):
             key, value = kv.split("=", 1)
             changes[key] = int(value) if value.isdigit() else value
-        variant = args.repo.parent / f"repo-also-{i}"
-        if variant.exists():
-            shutil.rmtree(variant)
-        copy_repository(args.repo, variant)
-        rerender(variant, **changes)
         also_levels = ints(args.also_concurrency) or levels[-2:]
-        results[also] = served(variant, also_levels, tmp / "images.json", tmp, args.out, f"also-{i}", log)
+        results[also] = served(variant(f"repo-also-{i}", **changes), also_levels, tmp / "images.json", tmp, args.out, f"also-{i}", log)
 
     best_inproc = max(graphed[0], *(v[0] for v in inproc.values()))
     lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from test_gpu_preprocess import gpu
+from test_gpu_preprocess import SPEC, gpu
 from yolotriton import images
 from yolotriton.candidates_graph import write_candidates_onnx
 from yolotriton.ort_detector import OrtDetector
@@ -65,18 +65,16 @@ def test_cuda_graphs_setting_reaches_the_detector(tmp_path):
     """--cuda-graphs on (default) / off: the detector's config parameter, and its engine beside model.py."""
     import build_repo
     from yolotriton.repository import RepositoryError, RepositorySettings, model_configs, render_repository
-    from yolotriton.spec import YoloHead
 
-    spec = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
-    det = model_configs(spec, RepositorySettings(detector_device="gpu"))[0][1]
+    det = model_configs(SPEC, RepositorySettings(detector_device="gpu"))[0][1]
     assert det.parameters["cuda_graphs"] == "on"
-    off = model_configs(spec, RepositorySettings(detector_device="gpu", cuda_graphs="off"))[0][1]
+    off = model_configs(SPEC, RepositorySettings(detector_device="gpu", cuda_graphs="off"))[0][1]
     assert off.parameters["cuda_graphs"] == "off"
     with pytest.raises(RepositoryError, match="expected on or off"):
         RepositorySettings(cuda_graphs="yes")
     assert build_repo.parse_args(["--cuda-graphs", "off"]).cuda_graphs == "off"
     assert build_repo.parse_args([]).cuda_graphs == "on"
-    render_repository(tmp_path, spec, RepositorySettings())
+    render_repository(tmp_path, SPEC, RepositorySettings())
     assert (tmp_path / "yolov4_detector" / "1" / "ort_detector.py").is_file()
 
 

@@ -21,6 +21,9 @@ PRE_NMS_TOP_K = 4096
 # What the detector hands over when it decoded the heads itself (candidates_graph.py, `--decode detector`):
 # the best K (box, class) pairs per image, boxes x1,y1,x2,y2 in network pixels, scores best first.
 CANDIDATE_OUTPUTS = ("candidate_boxes", "candidate_scores", "candidate_classes")
+FINAL_OUTPUTS = ("num_detections", "boxes", "scores", "classes")
+# What a request may change through its parameters (max_detections only down to 1, never above the configured).
+OVERRIDABLE = ("score_threshold", "iou_threshold", "max_detections")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -181,7 +184,46 @@ class Decoder:
     @staticmethod
     def _to_original(boxes: np.ndarray, meta: np.ndarray) -> np.ndarray:
         orig_h, orig_w, sy, sx, pt, pl = (float(v) for v in meta)
-        out = (boxes - np.array([pl, pt, pl, pt], np.float32)) / np.array([sx, sy, sx, sy], np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):  # zero scales: Triton's warm-up request (zero meta)
+            out = (boxes - np.array([pl, pt, pl, pt], np.float32)) / np.array([sx, sy, sx, sy], np.float32)
         np.clip(out[:, 0::2], 0, orig_w, out=out[:, 0::2])
         np.clip(out[:, 1::2], 0, orig_h, out=out[:, 1::2])
         return out
+
+
+class Postprocessor:
+    """The served postprocess of one request: a Decoder with the model's configured thresholds, which the
+    request may override through its parameters (OVERRIDABLE; max_detections at most the configured one).
+
+    `params` are the model config's string parameters (score_threshold, iou_threshold, max_detections and
+    inputs: "candidates" when the detector decoded its heads). Used by the postprocess model and, with
+    `--nms detector`, by the Python detector itself.
+    """
+
+    def __init__(self, spec: dict, params: dict[str, str]):
+        self.decoder = Decoder(spec, from_candidates=params.get("inputs") == "candidates")
+        self.defaults = {"score_threshold": float(params["score_threshold"]),
+                         "iou_threshold": float(params["iou_threshold"]),
+                         "max_detections": int(params["max_detections"])}
+
+    def settings(self, parameters: dict) -> dict:
+        """The request's settings; ValueError/TypeError for a value out of range or of the wrong type."""
+        s = dict(self.defaults)
+        for key in OVERRIDABLE:
+            if key in parameters:
+                s[key] = type(self.defaults[key])(parameters[key])
+        if not 0.0 <= s["score_threshold"] <= 1.0 or not 0.0 <= s["iou_threshold"] <= 1.0:
+            raise ValueError(f"thresholds must lie in [0, 1], got score {s['score_threshold']}, iou {s['iou_threshold']}")
+        if not 1 <= s["max_detections"] <= self.defaults["max_detections"]:
+            raise ValueError(f"max_detections must be 1..{self.defaults['max_detections']}, got {s['max_detections']}")
+        return s
+
+    def __call__(self, outputs: dict[str, np.ndarray], meta: np.ndarray, s: dict):
+        """FINAL_OUTPUTS for one request, always padded to the configured max_detections."""
+        num, boxes, scores, classes = self.decoder(outputs, meta, s["score_threshold"], s["iou_threshold"],
+                                                   self.defaults["max_detections"])
+        if s["max_detections"] < self.defaults["max_detections"]:  # fewer kept, same output shape
+            k = s["max_detections"]
+            num = np.minimum(num, k)
+            boxes[:, k:], scores[:, k:], classes[:, k:] = 0, 0, -1
+        return num, boxes, scores, classes

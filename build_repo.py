@@ -83,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="where the raw heads are decoded: detector = into the top-K candidates by ONNX Runtime "
                           "right after the network (python target; on the GPU with it, so the heads never leave "
                           "it); auto = detector when --detector-device gpu and the model has raw heads")
+    out.add_argument("--nms", choices=("auto", "postprocess", "detector"), default="auto",
+                     help="where threshold + NMS run: detector = in the Python detector, on its candidates (implies "
+                          "--decode detector; the ensemble has two models); auto = detector when the heads are "
+                          "decoded by the detector on the GPU")
     out.add_argument("--cuda-wait", choices=("spin", "block"), default="block",
                      help="GPU stubs: how a thread waits for the GPU (block: sleeps, frees the core; spin: CUDA's "
                           "default); docs/gpu-host.md has the measurements")
@@ -159,6 +163,7 @@ def main(argv=None) -> int:
         on_gpu = target == "tensorrt" or args.trt_accelerator or args.detector_device == "gpu"
         pre_device = ("gpu" if on_gpu and target != "onnxruntime" else "cpu") if args.preprocess_device == "auto" \
             else args.preprocess_device
+        decode = "detector" if args.nms == "detector" and args.decode == "auto" else args.decode
         counts = instance_counts(args, pre_device, on_gpu)
         repo = RepositorySettings(
             name=args.name, target=target, max_batch_size=args.max_batch_size,
@@ -169,8 +174,8 @@ def main(argv=None) -> int:
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=args.detector_precision,
             preprocess_device=pre_device, letterbox_fill=args.letterbox_fill,
-            decode="postprocess" if args.decode == "auto" else args.decode, cuda_wait=args.cuda_wait,
-            cuda_graphs=args.cuda_graphs)
+            decode="postprocess" if decode == "auto" else decode, nms="postprocess" if args.nms == "auto" else args.nms,
+            cuda_wait=args.cuda_wait, cuda_graphs=args.cuda_graphs)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "activated": args.activated,
                   "scale_x_y_applied": args.scale_x_y_applied, "box_format": args.box_format,
@@ -198,7 +203,8 @@ def main(argv=None) -> int:
                                     replicas=args.replicas, max_replicas=args.max_replicas, ngc_tag=args.ngc_tag)
         result = build(BuildOptions(source=source, repo=repo, output=output, opset=args.opset, parity_images=tuple(parity),
                            plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
-                           plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=args.decode))
+                           plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=decode,
+                           nms=args.nms))
         if deploy is not None:
             import dataclasses
 

@@ -226,13 +226,13 @@ def report(args):
 
     from yolotriton import images
     from yolotriton.build import copy_repository, rerender
-    from yolotriton.repository import read_settings
+    from yolotriton.repository import read_settings, spec_path
 
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp())
     blobs = [p.read_bytes() for p in sorted(args.photos.glob("*.jpg"))]
     run.perf_input_file(blobs, tmp / "images.json")
-    spec = json.loads((args.repo / "yolov4_postprocess" / "1" / "spec.json").read_text())
+    spec = json.loads(spec_path(args.repo).read_text())
     size = (spec["input_width"], spec["input_height"])
     settings = read_settings(args.repo)
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
@@ -250,11 +250,13 @@ def report(args):
     log(f"[gpu] in-process ORT CUDA graphs b8 (the served detector's engine): {graphed[0]:.1f} img/s, "
         f"p50 {graphed[1]:.2f} ms")
     levels = ints(args.concurrency)
-    results = {f"GPU preprocess ({settings.preprocess_instances}/{settings.detector_instances}/"
-               f"{settings.postprocess_instances} instances)": served(args.repo, levels, tmp / "images.json", tmp,
-                                                                      args.out, "gpu-pre", log, detector_alone=True,
-                                                                      images_per_request=args.images_per_request,
-                                                                      detector_batches=detector_batches)}
+    counts = f"{settings.preprocess_instances}/{settings.detector_instances}" + (
+        " instances, NMS in the detector" if settings.nms == "detector" else f"/{settings.postprocess_instances} instances")
+    results = {f"GPU preprocess ({counts})": served(args.repo, levels, tmp / "images.json", tmp, args.out, "gpu-pre",
+                                                    log, detector_alone=True,
+                                                    images_per_request=args.images_per_request,
+                                                    detector_batches=detector_batches)}
+
     def variant(name: str, **changes) -> Path:
         """A copy of the repository beside it, re-rendered with `changes` (the weights are copied, not rebuilt)."""
         path = args.repo.parent / name
@@ -302,7 +304,8 @@ def report(args):
         if "detector" in r:
             shm, ips = r["detector"]
             # perf_analyzer counts inferences as requests x batch size: already images/s
-            lines.append(f"| served detector alone, batch 8, {shm} shared memory | {ips:.1f} | | "
+            nms = " (with its NMS, random image_meta)" if settings.nms == "detector" else ""
+            lines.append(f"| served detector alone{nms}, batch 8, {shm} shared memory | {ips:.1f} | | "
                          f"{ips / best_inproc:.2f} |")
     cpu_tables = [(label, r) for label, r in results.items()]
     cpu_tables += [(f"{label}, {args.images_per_request} images per request", r["batched"])

@@ -46,12 +46,13 @@ def main():
     from run import photos
     from yolotriton.pipeline import LocalPipeline
     from yolotriton.plan import fp16_gate
+    from yolotriton.repository import spec_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     args = ap.parse_args()
     fp32 = args.repository / "yolov4_detector" / "1" / "model.onnx"
-    spec = (args.repository / "yolov4_postprocess" / "1" / "spec.json").read_text()
+    spec = spec_path(args.repository).read_text()
     batch, _ = LocalPipeline(args.repository).preprocess([p.read_bytes() for p in photos()])
     work = Path(tempfile.mkdtemp())
     pre = work / "pre.onnx"

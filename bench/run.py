@@ -304,6 +304,7 @@ def main():
         args.concurrency, args.seconds = "1,4", 2.0
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda *a: print(*a, flush=True)
+    from yolotriton.repository import spec_path
     from yolotriton.server import TritonServer
 
     imgs = photos()
@@ -351,7 +352,7 @@ def main():
             w.writerow([k, f"{v['ips']:.3f}", f"{v['p50_ms']:.2f}"])
     plots(rows, args.out)
 
-    input_px = json.loads((args.repository / "yolov4_postprocess" / "1" / "spec.json").read_text())["input_width"]
+    input_px = json.loads(spec_path(args.repository).read_text())["input_width"]
     lines = [f"# Benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, `{' '.join(sys.argv)}`)", "",
              f"Model: {args.repository.name} (input {input_px} px), "
              f"{len(blobs)} photos. Server peak RSS (tritonserver + stubs): {peak:.0f} MB.", "",

@@ -22,7 +22,8 @@ from yolotriton import images
 from yolotriton.build import copy_repository, rerender
 from yolotriton.candidates_graph import candidate_count, write_candidates_onnx
 from yolotriton.detections import CANDIDATE_OUTPUTS, Decoder
-from yolotriton.repository import RepositoryError, RepositorySettings, model_configs, resolve_decode, validate_repository
+from yolotriton.repository import (RepositoryError, RepositorySettings, model_configs, resolve_decode, spec_path,
+                                   validate_repository)
 from yolotriton.server import TritonServer
 from yolotriton.spec import DecodedLayout, DetectorSpec, YoloHead
 
@@ -45,7 +46,7 @@ def _assert_same(a, b, context):
 def test_candidates_equal_the_postprocess_decode_on_yolov4_tiny(built_repo, photos, tmp_path):
     """The pretrained model's heads on the eight photos: same detections at the default threshold, a low one
     and 0 (where the 4096-candidate cap decides which boxes go into NMS)."""
-    spec_dict = json.loads((built_repo / "yolov4_postprocess" / "1" / "spec.json").read_text())
+    spec_dict = json.loads(spec_path(built_repo).read_text())
     spec = DetectorSpec.from_dict(spec_dict)
     net = ort.InferenceSession(str(built_repo / "yolov4_detector" / "1" / "model.onnx"),
                                providers=["CPUExecutionProvider"])
@@ -122,7 +123,7 @@ def test_decode_settings():
 def candidates_repo(built_repo, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("decode") / "model_repository"
     copy_repository(built_repo, repo)
-    rerender(repo, decode="detector")
+    rerender(repo, decode="detector", nms="postprocess")  # the three-model ensemble (test_nms_in_detector: two)
     return repo
 
 

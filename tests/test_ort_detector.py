@@ -15,6 +15,7 @@ from test_gpu_preprocess import SPEC, gpu
 from yolotriton import images
 from yolotriton.candidates_graph import write_candidates_onnx
 from yolotriton.ort_detector import OrtDetector
+from yolotriton.repository import spec_path
 from yolotriton.spec import DetectorSpec
 
 
@@ -24,7 +25,7 @@ def detector_files(built_repo, tmp_path_factory):
     det = next(built_repo.glob("*_detector/1"))
     cand = det / "candidates.onnx"
     if not cand.exists():
-        spec = DetectorSpec.from_json(next(built_repo.glob("*_postprocess/1/spec.json")).read_text())
+        spec = DetectorSpec.from_json(spec_path(built_repo).read_text())
         cand = tmp_path_factory.mktemp("cand") / "candidates.onnx"
         write_candidates_onnx(cand, spec)
     return str(det / "model.onnx"), str(cand)

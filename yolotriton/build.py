@@ -21,7 +21,8 @@ import numpy as np
 from . import images
 from .importer import ImportOptions, import_model
 from .plan import DEFAULT_NGC_TAG, PlanError, PlanOptions
-from .repository import RepositorySettings, read_settings, render_repository, resolve_decode, validate_repository
+from .repository import (RepositorySettings, read_settings, render_repository, resolve_decode, resolve_nms, spec_path,
+                         validate_repository)
 from .spec import DetectorSpec
 
 WEIGHT_FILES = ("model.onnx", "model.fp16.onnx", "model.plan")
@@ -44,6 +45,7 @@ class BuildOptions:
     # tensorrt-rtx: docker, after a check build with TensorRT-RTX here (no GPU needed)
     ngc_tag: str = DEFAULT_NGC_TAG
     decode: str = "auto"  # --decode: auto | postprocess | detector (resolved once the model's layout is known)
+    nms: str = "auto"  # --nms: auto | postprocess | detector (resolved after decode)
     log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
 
@@ -116,6 +118,7 @@ def _build_local(opts: BuildOptions) -> Path:
     log(f"[import] {det.source}: {spec.input_width}x{spec.input_height}, {spec.num_classes} classes, "
         f"{spec.layout} outputs {list(spec.output_names)} ({time.perf_counter() - t:.1f}s)")
     s = dataclasses.replace(s, decode=resolve_decode(opts.decode, s, spec))
+    s = dataclasses.replace(s, nms=resolve_nms(opts.nms, s))
     if not opts.parity_images:
         raise ValueError("no images for the parity gate")
     batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode, s.letterbox_fill)
@@ -146,8 +149,7 @@ def _build_local(opts: BuildOptions) -> Path:
         validate_repository(staging, allow_pending_plan=s.target == "tensorrt" and opts.plan_builder != "local")
         log(f"[render] {len(list(staging.glob('*/config.pbtxt')))} models rendered and validated "
             f"({time.perf_counter() - t:.1f}s); preprocess on the {s.preprocess_device.upper()}, heads decoded in "
-            f"the {s.decode}, instances "
-            f"{s.preprocess_instances}/{s.detector_instances}/{s.postprocess_instances} ({s.instances_reason})")
+            f"the {s.decode}, NMS in the {s.nms}, instances {_instances(s)} ({s.instances_reason})")
         _swap_in(staging, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -155,6 +157,11 @@ def _build_local(opts: BuildOptions) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     log(f"[done] {output} in {time.perf_counter() - t0:.1f}s (target {s.target}, model {s.name})")
     return output
+
+
+def _instances(s: RepositorySettings) -> str:
+    counts = (s.preprocess_instances, s.detector_instances) + (() if s.nms == "detector" else (s.postprocess_instances,))
+    return "/".join(map(str, counts))
 
 
 def _fp16_stage(opts: BuildOptions, spec, onnx_path: Path, batch, fp16_path: Path) -> Path:
@@ -214,7 +221,7 @@ def rerender(repository: Path, **changes) -> RepositorySettings:
     settings = dataclasses.replace(current, **changes)
     if settings.target != current.target or settings.name != current.name:
         raise ValueError("rerender cannot change the target or the name: rebuild instead")
-    spec = DetectorSpec.from_json((repository / settings.postprocess / "1" / "spec.json").read_text())
+    spec = DetectorSpec.from_json(spec_path(repository, current.name).read_text())
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
     try:
         copy_repository(repository, staging)  # rendering rewrites configs and code, never the weights

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import images
 from .detections import Decoder
-from .repository import validate_repository
+from .repository import spec_path, validate_repository
 
 
 @dataclass
@@ -29,14 +29,14 @@ class LocalPipeline:
 
         configs = validate_repository(Path(repository))
         params = lambda model: {k: v.string_value for k, v in configs[model].parameters.items()}
-        pre, post, det = params(f"{name}_preprocess"), params(f"{name}_postprocess"), params(f"{name}_detector")
+        pre, det = params(f"{name}_preprocess"), params(f"{name}_detector")
+        post = params(f"{name}_postprocess") if f"{name}_postprocess" in configs else det  # det: --nms detector
         self.width, self.height = int(pre["input_width"]), int(pre["input_height"])
         self.mode, self.max_pixels = pre["resize_mode"], int(pre["max_pixels"])
         self.fill = float(pre.get("letterbox_fill", images.LETTERBOX_FILL))
         self.score_threshold, self.iou_threshold = float(post["score_threshold"]), float(post["iou_threshold"])
         self.max_detections = int(post["max_detections"])
-        spec_path = Path(repository) / f"{name}_postprocess" / "1" / "spec.json"
-        self.decoder = Decoder(json.loads(spec_path.read_text()))
+        self.decoder = Decoder(json.loads(spec_path(Path(repository), name).read_text()))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         model_file = det.get("model_file", "model.onnx")  # the gated FP16 ONNX where the build chose it

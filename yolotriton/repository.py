@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from .detections import CANDIDATE_OUTPUTS
+from .detections import CANDIDATE_OUTPUTS, FINAL_OUTPUTS
 from .spec import INPUT_NAME, DetectorSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -24,6 +24,7 @@ TEMPLATES = PACKAGE_DIR.parent / "templates"
 TARGETS = ("python", "onnxruntime", "tensorrt")
 RESIZE_MODES = ("stretch", "letterbox")
 DECODE_STAGES = ("postprocess", "detector")
+NMS_STAGES = ("postprocess", "detector")
 
 
 class RepositoryError(ValueError):
@@ -87,6 +88,10 @@ class RepositorySettings:
     # "detector": the python detector decodes its raw heads into the top-K candidates (candidates.onnx, on the
     # GPU with it) and the postprocess gets those instead of the heads; "postprocess": the heads go to the postprocess
     decode: str = "postprocess"
+    # Where threshold + NMS + top-K run: "postprocess" (the third model of the ensemble) or "detector" (the Python
+    # detector does them on its candidates and answers with the final detections; needs decode "detector"). One
+    # model fewer per request: no third step to schedule, copy into and wait for (docs/gpu-host.md measures it).
+    nms: str = "postprocess"
     # How the GPU stubs wait for the GPU: "block" (cudaDeviceScheduleBlockingSync: the thread sleeps until the GPU
     # is done) or "spin" (CUDA's default while cores are free: a core busy for the whole wait). Measured on an H100
     # (docs/gpu-host.md): YOLOv4 608 server CPU 4.4 ms/image with block, 13.8 with spin, same img/s; yolov4-tiny
@@ -126,6 +131,10 @@ class RepositorySettings:
             raise RepositoryError(f"decode {self.decode!r}: expected one of {', '.join(DECODE_STAGES)}")
         if self.decode == "detector" and self.target != "python":
             raise RepositoryError("--decode detector is an option of --target python (the Python-backend detector)")
+        if self.nms not in NMS_STAGES:
+            raise RepositoryError(f"nms {self.nms!r}: expected one of {', '.join(NMS_STAGES)}")
+        if self.nms == "detector" and self.decode != "detector":
+            raise RepositoryError("--nms detector works on the detector's candidates: it needs --decode detector")
         if self.cuda_wait not in ("spin", "block"):
             raise RepositoryError(f"cuda wait {self.cuda_wait!r}: expected spin or block")
         if self.cuda_graphs not in ("on", "off"):
@@ -171,7 +180,8 @@ def _render_config(cfg: ModelConfig) -> str:
 
 
 def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[ModelConfig], list[dict]]:
-    """The three member models and the two ensembles (as template contexts)."""
+    """The member models (preprocess, detector and, unless --nms detector, postprocess) and the two ensembles
+    (as template contexts)."""
     h, w = spec.input_height, spec.input_width
     net_in = Tensor(INPUT_NAME, "TYPE_FP32", (h, w, 3))
     meta = Tensor("image_meta", "TYPE_FP32", (6,))
@@ -187,8 +197,11 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
     else:
         det_outs = [Tensor(n, "TYPE_FP32", tuple(d)) for n, d in spec.output_dims().items()]
     k = s.max_detections
-    final = [Tensor("num_detections", "TYPE_INT32", (1,)), Tensor("boxes", "TYPE_FP32", (k, 4)),
-             Tensor("scores", "TYPE_FP32", (k,)), Tensor("classes", "TYPE_INT32", (k,), label_filename="labels.txt")]
+    final = [Tensor(n, t, d, label_filename="labels.txt" if n == "classes" else None) for n, t, d in zip(
+        FINAL_OUTPUTS, ("TYPE_INT32", "TYPE_FP32", "TYPE_FP32", "TYPE_INT32"), ((1,), (k, 4), (k,), (k,)))]
+    thresholds = {"score_threshold": str(s.score_threshold), "iou_threshold": str(s.iou_threshold),
+                  "max_detections": str(k), "inputs": "candidates" if s.decode == "detector" else "heads"}
+    fused = s.nms == "detector"  # the detector answers with the final detections
     pre = ModelConfig(
         name=s.preprocess, backend="python", max_batch_size=s.max_batch_size,
         inputs=[Tensor("IMAGE", "TYPE_STRING", (1,), optional=True),
@@ -199,7 +212,8 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
                     "letterbox_fill": str(s.letterbox_fill), "max_pixels": str(s.max_pixels),
                     "max_bytes": str(s.max_bytes), "device": s.preprocess_device, "cuda_wait": s.cuda_wait})
     on_gpu = s.detector_on_gpu
-    det_common = dict(name=s.detector, inputs=[net_in], outputs=det_outs, max_batch_size=s.max_batch_size,
+    det_common = dict(name=s.detector, inputs=[net_in, meta] if fused else [net_in],
+                      outputs=final if fused else det_outs, max_batch_size=s.max_batch_size,
                       instances=s.detector_instances, instance_kind="KIND_GPU" if on_gpu else s.instance_kind,
                       max_queue_delay_us=s.max_queue_delay_us, warmup=True)
     if s.target == "python":
@@ -208,7 +222,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
             "intra_op_threads": str(s.ort_threads), "execution_providers": providers,
             "model_file": "model.fp16.onnx" if s.detector_precision == "fp16" else "model.onnx",
             "candidates_file": "candidates.onnx" if s.decode == "detector" else "", "cuda_wait": s.cuda_wait,
-            "cuda_graphs": s.cuda_graphs,
+            "cuda_graphs": s.cuda_graphs, "nms": "on" if fused else "off", **(thresholds if fused else {}),
             # GPU preprocess: take its output where it is (on the GPU) instead of Triton's copy to the host
             "FORCE_CPU_ONLY_INPUT_TENSORS": "no" if s.preprocess_device == "gpu" else "yes"}, **det_common)
     elif s.target == "onnxruntime":
@@ -219,15 +233,14 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         det = ModelConfig(platform="tensorrt_plan", default_model_filename="model.plan", **det_common)
     post = ModelConfig(
         name=s.postprocess, backend="python", max_batch_size=s.max_batch_size, inputs=det_outs + [meta],
-        outputs=final, instances=s.postprocess_instances,
-        parameters={"score_threshold": str(s.score_threshold), "iou_threshold": str(s.iou_threshold),
-                    "max_detections": str(k), "inputs": "candidates" if s.decode == "detector" else "heads"})
+        outputs=final, instances=s.postprocess_instances, parameters=thresholds)
+    names = lambda tensors: {t.name: t.name for t in tensors}
     steps = lambda entry_input: [
         {"model": s.preprocess, "input_map": {entry_input: entry_input},
          "output_map": {INPUT_NAME: INPUT_NAME, "image_meta": "image_meta"}},
-        {"model": s.detector, "input_map": {INPUT_NAME: INPUT_NAME}, "output_map": {t.name: t.name for t in det_outs}},
-        {"model": s.postprocess, "input_map": {t.name: t.name for t in det_outs + [meta]},
-         "output_map": {t.name: t.name for t in final}},
+        *([{"model": s.detector, "input_map": names([net_in, meta]), "output_map": names(final)}] if fused else [
+            {"model": s.detector, "input_map": names([net_in]), "output_map": names(det_outs)},
+            {"model": s.postprocess, "input_map": names(det_outs + [meta]), "output_map": names(final)}]),
     ]
     # Clients read the labels from the ensemble's config (Triton serves configs, not label files).
     params = {"labels": json.dumps(list(spec.labels), ensure_ascii=False)}
@@ -237,7 +250,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         {"name": s.raw_entry, "max_batch_size": s.max_batch_size, "input": Tensor("RAW_IMAGE", "TYPE_UINT8", (-1, -1, 3)),
          "outputs": final, "steps": steps("RAW_IMAGE"), "parameters": params},
     ]
-    return [pre, det, post], ensembles
+    return ([pre, det] if fused else [pre, det, post]), ensembles
 
 
 def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> None:
@@ -261,12 +274,19 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
 
         shutil.copy(PACKAGE_DIR / "gpu_images.py", pre / "gpu_images.py")
         write_resize_onnx(pre / "resize.onnx", s.letterbox_fill)
-    shutil.copy(TEMPLATES / "postprocess" / "model.py", post / "model.py")
+    det = root / s.detector / "1"
+    if s.nms == "detector":  # the detector does the postprocess's work: its code, spec and labels go there
+        shutil.rmtree(root / s.postprocess, ignore_errors=True)  # re-rendering a three-model repository
+        post = det
+    else:
+        shutil.copy(TEMPLATES / "postprocess" / "model.py", post / "model.py")
+        for stale in ("detections.py", "spec.json"):  # re-rendering a repository that had --nms detector
+            (det / stale).unlink(missing_ok=True)
+        (root / s.detector / "labels.txt").unlink(missing_ok=True)
     shutil.copy(PACKAGE_DIR / "detections.py", post / "detections.py")
     (post / "spec.json").write_text(spec.to_json())
-    (root / s.postprocess / "labels.txt").write_text(labels)
+    (post.parent / "labels.txt").write_text(labels)
     if s.target == "python":
-        det = root / s.detector / "1"
         shutil.copy(TEMPLATES / "detector_python" / "model.py", det / "model.py")
         shutil.copy(PACKAGE_DIR / "ort_detector.py", det / "ort_detector.py")
         (det / "candidates.onnx").unlink(missing_ok=True)  # re-rendering with --decode postprocess
@@ -284,6 +304,23 @@ def resolve_decode(requested: str, s: RepositorySettings, spec: DetectorSpec) ->
     if requested != "auto":
         return requested
     return "detector" if s.target == "python" and s.detector_device == "gpu" and spec.heads else "postprocess"
+
+
+def resolve_nms(requested: str, s: RepositorySettings) -> str:
+    """--nms auto: in the detector when the Python detector on the GPU decodes its heads itself (one model
+    fewer per request: less server CPU per image, measured in docs/gpu-host.md), else in the postprocess."""
+    if requested != "auto":
+        return requested
+    return "detector" if s.decode == "detector" and s.detector_device == "gpu" else "postprocess"
+
+
+def spec_path(root: Path, name: str = "yolov4") -> Path:
+    """The spec.json of a rendered repository: beside the model that runs NMS (postprocess, or detector)."""
+    for model in (f"{name}_postprocess", f"{name}_detector"):
+        path = Path(root) / model / "1" / "spec.json"
+        if path.is_file():
+            return path
+    raise RepositoryError(f"{root}: no {name}_postprocess/1/spec.json or {name}_detector/1/spec.json")
 
 
 def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gpu: bool) -> tuple[int, int, int, str]:

@@ -7,6 +7,10 @@ network, in the same provider), cuda_wait and cuda_graphs. The running is ort_de
 requests that the dynamic batcher groups are one ONNX Runtime call (on the GPU, the replay of that
 batch size's CUDA graph).
 
+`--nms detector` (parameter nms "on"): this model also does the postprocess's work on its candidates
+(detections.Postprocessor: thresholds, class-aware NMS, top-K, per-request overrides) and answers with
+the final detections, so the ensemble has no third step to schedule, copy into and wait for.
+
 On a GPU instance whose inputs arrive on the GPU (the GPU preprocess; FORCE_CPU_ONLY_INPUT_TENSORS
 "no"), the batch never visits the host: the requests' tensors come in through DLPack and are copied
 into the batch on the device.
@@ -18,6 +22,11 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from ort_detector import OrtDetector, rows
+
+
+def _host(tensor):
+    """A small input as numpy, wherever Triton placed it (inputs are not forced to the CPU on GPU instances)."""
+    return tensor.as_numpy() if tensor.is_cpu() else ort.OrtValue.from_dlpack(tensor.to_dlpack()).numpy()
 
 
 class TritonPythonModel:
@@ -39,18 +48,46 @@ class TritonPythonModel:
             cuda_graphs=params.get("cuda_graphs", "on") == "on", log=pb_utils.Logger.log_warn)
         self.input_name = self.detector.input_name
         self.output_names = [o["name"] for o in config["output"]]
-        if set(self.output_names) != set(self.detector.output_names):
-            raise pb_utils.TritonModelException(f"config outputs {self.output_names} differ from the model's "
-                                                f"{self.detector.output_names}")
+        self.post = None
+        produced = self.detector.output_names
+        if params.get("nms") == "on":
+            import cv2
+            from detections import FINAL_OUTPUTS, Postprocessor
+
+            with open(os.path.join(here, "spec.json")) as f:
+                self.post = Postprocessor(json.load(f), params)
+            cv2.setNumThreads(1)
+            produced = self.post.decoder.output_names
+            if set(produced) != set(self.detector.output_names):
+                raise pb_utils.TritonModelException(f"the postprocess wants {produced}, the model gives "
+                                                    f"{self.detector.output_names}")
+            produced = self.final_names = list(FINAL_OUTPUTS)
+        if set(self.output_names) != set(produced):
+            raise pb_utils.TritonModelException(f"config outputs {self.output_names} differ from {produced}")
 
     def execute(self, requests):
-        tensors = [pb_utils.get_input_tensor_by_name(r, self.input_name) for r in requests]
+        settings = [None] * len(requests)
+        responses = [None] * len(requests)
+        if self.post is not None:  # a request with bad settings fails alone, before the batch runs
+            for i, r in enumerate(requests):
+                try:
+                    settings[i] = self.post.settings(json.loads(r.parameters() or "{}"))
+                except (ValueError, TypeError) as e:
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+        live = [i for i in range(len(requests)) if responses[i] is None]
+        if not live:
+            return responses
+        tensors = [pb_utils.get_input_tensor_by_name(requests[i], self.input_name) for i in live]
         parts = [t.as_numpy() if t.is_cpu() else ort.OrtValue.from_dlpack(t.to_dlpack()) for t in tensors]
         outputs = dict(zip(self.detector.output_names, self.detector(parts)))
-        responses, start = [], 0
-        for p in parts:
+        start = 0
+        for i, p in zip(live, parts):
             n = rows(p)
-            responses.append(pb_utils.InferenceResponse(
-                [pb_utils.Tensor(name, outputs[name][start:start + n]) for name in self.output_names]))
+            mine = {name: v[start:start + n] for name, v in outputs.items()}
             start += n
+            if self.post is not None:
+                meta = _host(pb_utils.get_input_tensor_by_name(requests[i], "image_meta"))
+                mine = dict(zip(self.final_names, self.post(mine, meta, settings[i])))
+            responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(name, mine[name]) for name in self.output_names])
         return responses

@@ -1,0 +1,119 @@
+"""--nms detector: the Python detector also runs threshold + NMS on its candidates; the ensemble has two models.
+
+Here on the CPU (ONNX Runtime's CPU provider); the GPU host runs the same stub on CUDA against the GPU
+repository, where it is the default. The answers must be the three-model repository's: same detections
+as OpenCV's darknet, the same per-request overrides, the same INVALID_ARG for bad ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+import build_repo
+from reference import assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
+from yolotriton.build import copy_repository, rerender
+from yolotriton.detections import FINAL_OUTPUTS
+from yolotriton.pipeline import LocalPipeline
+from yolotriton.repository import (RepositoryError, RepositorySettings, model_configs, resolve_nms, spec_path,
+                                   validate_repository)
+from yolotriton.server import TritonServer
+from yolotriton.spec import DetectorSpec, YoloHead
+
+RAW = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
+
+
+def test_nms_settings():
+    gpu = RepositorySettings(detector_device="gpu", preprocess_device="gpu", decode="detector")
+    assert resolve_nms("auto", gpu) == "detector"
+    assert resolve_nms("auto", RepositorySettings(detector_device="gpu", decode="postprocess")) == "postprocess"
+    assert resolve_nms("auto", RepositorySettings(decode="detector")) == "postprocess"  # CPU detector: measured no gain
+    assert resolve_nms("postprocess", gpu) == "postprocess"
+    members, ensembles = model_configs(RAW, RepositorySettings(decode="detector", nms="detector", max_detections=50))
+    pre, det = members
+    assert [t.name for t in det.inputs] == ["images", "image_meta"]
+    assert [t.name for t in det.outputs] == list(FINAL_OUTPUTS) and det.outputs[1].dims == (50, 4)
+    assert det.outputs[3].label_filename == "labels.txt"
+    assert det.parameters["nms"] == "on" and det.parameters["inputs"] == "candidates"
+    assert det.parameters["max_detections"] == "50" and det.parameters["score_threshold"] == "0.25"
+    for e in ensembles:
+        assert [step["model"] for step in e["steps"]] == ["yolov4_preprocess", "yolov4_detector"]
+        assert e["steps"][1]["output_map"] == {n: n for n in FINAL_OUTPUTS}
+    (_, three, _), _ = model_configs(RAW, RepositorySettings(decode="detector"))
+    assert three.parameters["nms"] == "off" and "score_threshold" not in three.parameters
+    with pytest.raises(RepositoryError, match="needs --decode detector"):
+        RepositorySettings(nms="detector")
+    with pytest.raises(RepositoryError, match="nms 'gpu'"):
+        RepositorySettings(nms="gpu")
+
+
+def test_cli_refuses_nms_in_detector_without_its_decode_before_building(tmp_path, capsys):
+    out = tmp_path / "repo"
+    assert build_repo.main(["--nms", "detector", "--decode", "postprocess", "--output", str(out)]) != 0
+    assert "needs --decode detector" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def fused_repo(built_repo, tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("nms") / "model_repository"
+    copy_repository(built_repo, repo)
+    rerender(repo, decode="detector", nms="detector")
+    return repo
+
+
+def test_rerender_moves_the_postprocess_into_the_detector_and_back(fused_repo, tmp_path):
+    assert not (fused_repo / "yolov4_postprocess").exists()
+    det = fused_repo / "yolov4_detector"
+    assert (det / "1" / "detections.py").is_file() and (det / "labels.txt").is_file()
+    assert spec_path(fused_repo) == det / "1" / "spec.json"
+    validate_repository(fused_repo)
+    back = tmp_path / "back"
+    copy_repository(fused_repo, back)
+    rerender(back, nms="postprocess")
+    assert (back / "yolov4_postprocess" / "1" / "model.py").is_file()
+    assert not (back / "yolov4_detector" / "1" / "detections.py").exists()
+    assert not (back / "yolov4_detector" / "1" / "spec.json").exists()
+    assert len(validate_repository(back)) == 5
+
+
+def test_local_pipeline_reads_the_fused_repository(fused_repo, built_repo, photos):
+    blobs = [p.read_bytes() for p in photos[:3]]
+    for a, b in zip(LocalPipeline(fused_repo)(blobs), LocalPipeline(built_repo)(blobs)):
+        np.testing.assert_array_equal(a.classes, b.classes)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+def test_served_with_nms_in_detector_matches_opencv_and_the_three_model_ensemble(fused_repo, server, photos,
+                                                                                  default_model):
+    net = opencv_net(default_model.cfg, default_model.weights)
+    three = grpcclient.InferenceServerClient(server.grpc_url)
+    blobs = [p.read_bytes() for p in photos]
+    with TritonServer(fused_repo) as s:
+        client = grpcclient.InferenceServerClient(s.grpc_url)
+        assert not client.is_model_ready("yolov4_postprocess")
+        batch = infer_bytes(client, grpcclient, blobs)
+        for i, photo in enumerate(photos):
+            ref = opencv_detect(net, cv2.imread(str(photo)), (416, 416))
+            assert_same_detections(detections(batch, i), ref, context=photo.name)
+            one = infer_bytes(client, grpcclient, [blobs[i]])
+            other = infer_bytes(three, grpcclient, [blobs[i]])
+            for k in ("num_detections", "classes"):
+                np.testing.assert_array_equal(one[k], other[k], err_msg=photo.name)
+            np.testing.assert_allclose(one["boxes"], other["boxes"], atol=1e-2, err_msg=photo.name)
+        for params in ({"score_threshold": 0.05}, {"max_detections": 2}, {"iou_threshold": 0.9}):
+            a = infer_bytes(client, grpcclient, blobs[:2], params=params)
+            b = infer_bytes(three, grpcclient, blobs[:2], params=params)
+            for k in ("num_detections", "classes"):
+                np.testing.assert_array_equal(a[k], b[k], err_msg=str(params))
+        assert (infer_bytes(client, grpcclient, blobs[:2], params={"max_detections": 2})["num_detections"] <= 2).all()
+        for bad, message in (({"score_threshold": 1.5}, "thresholds must lie in [0, 1]"),
+                             ({"max_detections": 101}, "max_detections must be 1..100")):
+            with pytest.raises(InferenceServerException, match=message.replace("[", r"\[").replace("]", r"\]")) as e:
+                infer_bytes(client, grpcclient, blobs[:1], params=bad)
+            assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        again = infer_bytes(client, grpcclient, blobs[:1])  # the stub lives on
+        np.testing.assert_array_equal(again["num_detections"], batch["num_detections"][:1])

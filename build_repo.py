@@ -116,8 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def instance_counts(args, preprocess_device: str, detector_on_gpu: bool) -> tuple[int, int, int, str]:
-    """--instances auto|P,D,Q plus the per-model overrides."""
+def instance_counts(args, preprocess_device: str, detector_on_gpu: bool, target: str = "python"):
+    """--instances auto|P,D,Q plus the per-model overrides: (preprocess, detector, postprocess, reason)."""
     from yolotriton.build import local_host
     from yolotriton.repository import auto_instances
 
@@ -125,7 +125,10 @@ def instance_counts(args, preprocess_device: str, detector_on_gpu: bool) -> tupl
         cores, gpus = local_host()
         cores = args.host_cores if args.host_cores is not None else cores
         gpus = args.host_gpus if args.host_gpus is not None else gpus
-        *counts, reason = auto_instances(cores, gpus, preprocess_device, detector_on_gpu)
+        # --nms auto puts NMS into the Python GPU detector unless the model has no raw heads (known only later)
+        nms_in_detector = (target == "python" and args.detector_device == "gpu" and args.nms != "postprocess"
+                           and args.decode != "postprocess")
+        *counts, reason = auto_instances(cores, gpus, preprocess_device, detector_on_gpu, nms_in_detector)
         reason = "auto: " + reason
     else:
         try:
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
         pre_device = ("gpu" if on_gpu and target != "onnxruntime" else "cpu") if args.preprocess_device == "auto" \
             else args.preprocess_device
         decode = "detector" if args.nms == "detector" and args.decode == "auto" else args.decode
-        counts = instance_counts(args, pre_device, on_gpu)
+        counts = instance_counts(args, pre_device, on_gpu, target)
         repo = RepositorySettings(
             name=args.name, target=target, max_batch_size=args.max_batch_size,
             max_detections=args.max_detections, score_threshold=args.score_threshold,

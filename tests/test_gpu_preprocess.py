@@ -86,9 +86,10 @@ def test_gpu_preprocess_config():
 def test_auto_instances_rules():
     assert auto_instances(2, 0, "cpu", False)[:3] == (2, 2, 1)  # the measured 2-core optimum (make tune)
     assert auto_instances(16, 0, "cpu", False)[:3] == (4, 8, 2)
-    assert auto_instances(16, 1, "gpu", True)[:3] == (4, 2, 4)
-    assert auto_instances(16, 1, "cpu", True)[:3] == (11, 2, 4)  # the CPU decode is the wall: most cores
-    assert auto_instances(64, 4, "gpu", True)[:3] == (16, 8, 16)
+    assert auto_instances(16, 1, "gpu", True)[:3] == (3, 3, 4)
+    assert auto_instances(16, 1, "gpu", True, nms_in_detector=True)[:3] == (3, 4, 1)
+    assert auto_instances(16, 1, "cpu", True)[:3] == (11, 3, 4)  # the CPU decode is the wall: most cores
+    assert auto_instances(64, 4, "gpu", True)[:3] == (12, 12, 16)
     assert auto_instances(16, 0, "cpu", True)[:3] == (4, 8, 2)  # a GPU detector without a GPU here: CPU rule
     assert "16 cores, 1 GPUs" in auto_instances(16, 1, "gpu", True)[3]
 
@@ -101,7 +102,11 @@ def test_instances_flags_reach_the_repository(built_repo, tmp_path, photos):
     args = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2",
                                   "--postprocess-instances", "3"])
     counts = build_repo.instance_counts(args, "gpu", True)
-    assert counts[:3] == (8, 4, 3) and "32 cores, 2 GPUs" in counts[3] and "--postprocess-instances 3" in counts[3]
+    assert counts[:3] == (6, 8, 3) and "32 cores, 2 GPUs" in counts[3] and "--postprocess-instances 3" in counts[3]
+    assert "the detector does NMS" in counts[3]
+    args = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2", "--nms",
+                                  "postprocess"])
+    assert build_repo.instance_counts(args, "gpu", True)[:3] == (6, 6, 8)
     args = build_repo.parse_args(["--instances", "5,1,2"])
     assert build_repo.instance_counts(args, "cpu", False)[:3] == (5, 1, 2)
     assert build_repo.main(["--instances", "5,x", "--output", str(tmp_path / "never")]) == 2

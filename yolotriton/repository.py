@@ -323,24 +323,29 @@ def spec_path(root: Path, name: str = "yolov4") -> Path:
     raise RepositoryError(f"{root}: no {name}_postprocess/1/spec.json or {name}_detector/1/spec.json")
 
 
-def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gpu: bool) -> tuple[int, int, int, str]:
+def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gpu: bool,
+                   nms_in_detector: bool = False) -> tuple[int, int, int, str]:
     """(preprocess, detector, postprocess) instance counts for a serving host, and why.
 
     Measured basis: on 2 cores, 2 preprocess + 2 single-thread detectors + 1 postprocess was the best
     CPU setting (make tune); on the 16-core H100 host the CPU-decoding preprocess was the wall at 2
     instances (5.4 ms CPU per image each) and 12 fed the GPU detector four times as fast; the
-    postprocess costs about a seventh of the CPU preprocess per image.
+    postprocess costs about a seventh of the CPU preprocess per image. With the GPU preprocess
+    (yolov4-tiny, H100, docs/results/gpu-h100-nms-in-detector.md): 3 preprocess per GPU served as
+    many images as 4 with less CPU each; the detector was the wall at 2 per GPU, 3 per GPU fed the
+    GPU with the postprocess model, 4 when the detector also runs NMS (its CPU time per batch grows).
     """
     cores, gpus = max(1, cores), max(0, gpus)
     if detector_on_gpu and gpus:
-        detector = 2 * gpus  # two per GPU: one runs while the other's batch is being gathered
+        detector = (4 if nms_in_detector else 3) * gpus  # one runs while the others gather, copy out, NMS
+        post = 1 if nms_in_detector else max(1, cores // 4)  # not rendered when the detector does NMS
+        where = "the detector does NMS" if nms_in_detector else "postprocess on the CPU: cores/4"
         if preprocess_device == "gpu":  # the GPU decodes; each instance is a process with its own CUDA context
-            pre = 4 * gpus  # H100, yolov4-tiny: 4 per GPU 1260 img/s, 2 per GPU 1058
-            why = f"GPU preprocess 4 and detector 2 per GPU ({gpus}); postprocess on the CPU: cores/4"
+            pre = 3 * gpus
+            why = f"GPU preprocess 3 and detector {detector // gpus} per GPU ({gpus}); {where}"
         else:
             pre = max(1, cores - cores // 4 - 1)
-            why = "CPU JPEG decode feeds the GPU detector: every core but a quarter (postprocess) and one (server)"
-        post = max(1, cores // 4)
+            why = f"CPU JPEG decode feeds the GPU detector: every core but a quarter and one (server); {where}"
     else:
         detector, pre, post = max(2, cores // 2), max(2, cores // 4), max(1, cores // 8)
         why = "CPU detector: half the cores as single-thread detectors, a quarter preprocess, an eighth postprocess"

@@ -46,11 +46,15 @@ def dimensions(settings) -> list[list[dict]]:
     process with its own CUDA context, so counts stay small; the CPU cores feed the postprocess)."""
     if not settings.detector_on_gpu:
         return DIMENSIONS
-    pre = (2, 4, 8) if settings.preprocess_device == "gpu" else (CORES // 2, max(1, CORES - CORES // 4 - 1))
-    return [
-        [{"detector_instances": n, "ort_threads": 1} for n in (1, 2, 4)],
+    pre = (2, 3, 4) if settings.preprocess_device == "gpu" else (CORES // 2, max(1, CORES - CORES // 4 - 1))
+    dims = [
+        [{"detector_instances": n, "ort_threads": 1} for n in (2, 3, 4)],
         [{"preprocess_instances": n} for n in pre],
-        [{"postprocess_instances": n} for n in sorted({max(1, CORES // 8), max(1, CORES // 4), max(1, CORES // 2)})],
+    ]
+    if settings.nms != "detector":  # with NMS in the detector there is no postprocess model to size
+        dims.append([{"postprocess_instances": n}
+                     for n in sorted({max(1, CORES // 8), max(1, CORES // 4), max(1, CORES // 2)})])
+    return dims + [
         [{"max_queue_delay_us": d} for d in (0, 500, 2000)],
         [{"cuda_wait": w} for w in ("spin", "block")],
     ]

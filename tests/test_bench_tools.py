@@ -94,6 +94,9 @@ def test_tune_searches_gpu_settings_for_a_gpu_repository():
     assert keys == {"detector_instances", "ort_threads", "preprocess_instances", "postprocess_instances",
                     "max_queue_delay_us", "cuda_wait"}
     assert max(alt["detector_instances"] for alt in gpu[0]) <= 4  # each one a CUDA context, not one per core
+    fused = dimensions(RepositorySettings(detector_device="gpu", preprocess_device="gpu", decode="detector",
+                                          nms="detector"))
+    assert "postprocess_instances" not in {k for dim in fused for alt in dim for k in alt}
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ R is a repository built with --detector-device gpu (GPU preprocess by default). 
   CPU separately), from /proc and wait4 as in make bench;
 - the served detector alone at batch 8 (random FP32 input through CUDA shared memory, else system);
 - with --cpu-preprocess N: the same ensemble re-rendered with the CPU preprocess and N instances;
-- with --also KEY=VALUE,...: the same ensemble re-rendered with those settings (e.g. decode=postprocess);
+- with --also KEY=VALUE,...: the same ensemble re-rendered with those settings (e.g. nms=postprocess);
 - with --images-per-request N: N JPEGs per request (perf_analyzer -b N) at the best concurrency / N.
 Run by scripts/gpu_host.sh on the lent GPU machine (no network there: wheels travel with the call).
 """
@@ -201,7 +201,7 @@ def main():
                     help="e.g. 1,2,3,8: in-process ORT CUDA and the served detector alone (one request at a time) "
                          "at each batch size")
     ap.add_argument("--also", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
-                    help="also serve a re-rendered copy with these settings (e.g. decode=postprocess); repeatable")
+                    help="also serve a re-rendered copy with these settings (e.g. nms=postprocess); repeatable")
     ap.add_argument("--also-concurrency", default="", help="levels for the --also variants (default: the top two)")
     ap.add_argument("--mps", action="store_true",
                     help="run the servers under NVIDIA MPS (started here, stopped at the end): the stubs' CUDA "

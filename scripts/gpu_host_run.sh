@@ -26,12 +26,12 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
 fi
 if [ "$WHAT" = bench-tiny ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/tiny/repo" --photos ../shared/darknet --out "$OUT/tiny" \
-    --concurrency 1,8,64,128 --images-per-request 4 --also decode=postprocess ${MPS:+--mps} 2>&1 \
+    --concurrency 1,8,64,128 --images-per-request 4 --also nms=postprocess ${MPS:+--mps} 2>&1 \
     | tee "$OUT/bench-tiny.log"
 fi
 if [ "$WHAT" = bench-608 ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/y608/repo" --photos ../shared/darknet --out "$OUT/y608" \
-    --concurrency 1,8,32,64 --images-per-request 4 --also decode=postprocess ${MPS:+--mps} 2>&1 \
+    --concurrency 1,8,32,64 --images-per-request 4 --also nms=postprocess ${MPS:+--mps} 2>&1 \
     | tee "$OUT/bench-608.log"
 fi
 if [ "$WHAT" = tune ]; then  # make tune's search on the GPU repository (writes the best back into STASH/tiny/repo)

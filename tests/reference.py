@@ -94,3 +94,18 @@ def infer_bytes(client, module, blobs, params=None, model="yolov4"):
 def detections(res, i=0):
     n = int(res["num_detections"][i, 0])
     return res["boxes"][i, :n], res["scores"][i, :n], res["classes"][i, :n]
+
+
+def assert_served_like(client, other, module, net, photos, size=(416, 416)):
+    """`client`'s repository, all photos in one request, gives OpenCV's detections on each; photo by photo
+    it gives what `other` (another served repository of the same model) gives. Returns the batched answer."""
+    blobs = [p.read_bytes() for p in photos]
+    batch = infer_bytes(client, module, blobs)
+    for i, photo in enumerate(photos):
+        assert_same_detections(detections(batch, i), opencv_detect(net, cv2.imread(str(photo)), size),
+                               context=photo.name)
+        one, ref = infer_bytes(client, module, [blobs[i]]), infer_bytes(other, module, [blobs[i]])
+        for k in ("num_detections", "classes"):
+            np.testing.assert_array_equal(one[k], ref[k], err_msg=photo.name)
+        np.testing.assert_allclose(one["boxes"], ref["boxes"], atol=1e-2, err_msg=photo.name)
+    return batch

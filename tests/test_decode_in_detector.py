@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 
 import build_repo
-from reference import assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
+from reference import assert_served_like, infer_bytes, opencv_net
 from yolotriton import images
 from yolotriton.build import copy_repository, rerender
 from yolotriton.candidates_graph import candidate_count, write_candidates_onnx
@@ -151,15 +150,7 @@ def test_served_with_decode_in_detector_matches_opencv(candidates_repo, server, 
     blobs = [p.read_bytes() for p in photos]
     with TritonServer(candidates_repo) as s:
         client = grpcclient.InferenceServerClient(s.grpc_url)
-        batch = infer_bytes(client, grpcclient, blobs)
-        for i, photo in enumerate(photos):
-            ref = opencv_detect(net, cv2.imread(str(photo)), (416, 416))
-            assert_same_detections(detections(batch, i), ref, context=photo.name)
-            one = infer_bytes(client, grpcclient, [blobs[i]])
-            other = infer_bytes(heads_client, grpcclient, [blobs[i]])
-            for k in ("num_detections", "classes"):
-                np.testing.assert_array_equal(one[k], other[k], err_msg=photo.name)
-            np.testing.assert_allclose(one["boxes"], other["boxes"], atol=1e-2, err_msg=photo.name)
+        batch = assert_served_like(client, heads_client, grpcclient, net, photos)
         low = {"score_threshold": 0.05}
         a = infer_bytes(client, grpcclient, blobs[:2], params=low)
         b = infer_bytes(heads_client, grpcclient, blobs[:2], params=low)

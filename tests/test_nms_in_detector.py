@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 import build_repo
-from reference import assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
+from reference import assert_served_like, infer_bytes, opencv_net
 from yolotriton.build import copy_repository, rerender
 from yolotriton.detections import FINAL_OUTPUTS
 from yolotriton.pipeline import LocalPipeline
@@ -95,15 +94,7 @@ def test_served_with_nms_in_detector_matches_opencv_and_the_three_model_ensemble
     with TritonServer(fused_repo) as s:
         client = grpcclient.InferenceServerClient(s.grpc_url)
         assert not client.is_model_ready("yolov4_postprocess")
-        batch = infer_bytes(client, grpcclient, blobs)
-        for i, photo in enumerate(photos):
-            ref = opencv_detect(net, cv2.imread(str(photo)), (416, 416))
-            assert_same_detections(detections(batch, i), ref, context=photo.name)
-            one = infer_bytes(client, grpcclient, [blobs[i]])
-            other = infer_bytes(three, grpcclient, [blobs[i]])
-            for k in ("num_detections", "classes"):
-                np.testing.assert_array_equal(one[k], other[k], err_msg=photo.name)
-            np.testing.assert_allclose(one["boxes"], other["boxes"], atol=1e-2, err_msg=photo.name)
+        batch = assert_served_like(client, three, grpcclient, net, photos)
         for params in ({"score_threshold": 0.05}, {"max_detections": 2}, {"iou_threshold": 0.9}):
             a = infer_bytes(client, grpcclient, blobs[:2], params=params)
             b = infer_bytes(three, grpcclient, blobs[:2], params=params)

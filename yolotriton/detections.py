@@ -1,8 +1,9 @@
 """Decode YOLO outputs into final detections: numpy + OpenCV only.
 
-This file is copied into the postprocess model of every rendered repository (the Triton Python
-backend imports it from the model directory), and the in-process pipeline and tests import it
-from the package, so served and local results come from the same code.
+This file is copied into the model that runs NMS in every rendered repository (the postprocess, or
+the Python detector with `--nms detector`; the Triton Python backend imports it from the model
+directory), and the in-process pipeline and tests import it from the package, so served and local
+results come from the same code.
 
 Work is vectorised per batch: objectness is thresholded first, so class sigmoids and box
 decoding touch only the few candidates that can still pass (10,647 x 80 scores for YOLOv4-416

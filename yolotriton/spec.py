@@ -1,7 +1,7 @@
 """What a detector's tensors mean: the data every later stage reads.
 
 The importers produce a `DetectorSpec`; the exporter names ONNX tensors from it; the
-repository renderer writes it beside the postprocess model, which decodes with it.
+repository renderer writes it beside the model that decodes with it (postprocess, or the detector with NMS).
 It is plain data (dataclasses <-> JSON) so the Triton side never imports TensorFlow.
 """
 from __future__ import annotations

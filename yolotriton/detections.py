@@ -12,6 +12,8 @@ would cost milliseconds; the survivors cost microseconds). Class-aware NMS is Op
 """
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 
@@ -207,8 +209,10 @@ class Postprocessor:
                          "iou_threshold": float(params["iou_threshold"]),
                          "max_detections": int(params["max_detections"])}
 
-    def settings(self, parameters: dict) -> dict:
-        """The request's settings; ValueError/TypeError for a value out of range or of the wrong type."""
+    def settings(self, request_parameters: str) -> dict:
+        """The settings of a request whose parameters are `request_parameters` (Triton's JSON text, maybe empty);
+        ValueError/TypeError for text that is not JSON or a value out of range or of the wrong type."""
+        parameters = json.loads(request_parameters or "{}")
         s = dict(self.defaults)
         for key in OVERRIDABLE:
             if key in parameters:
@@ -220,11 +224,11 @@ class Postprocessor:
         return s
 
     def __call__(self, outputs: dict[str, np.ndarray], meta: np.ndarray, s: dict):
-        """FINAL_OUTPUTS for one request, always padded to the configured max_detections."""
+        """{name: array} of FINAL_OUTPUTS for one request, always padded to the configured max_detections."""
         num, boxes, scores, classes = self.decoder(outputs, meta, s["score_threshold"], s["iou_threshold"],
                                                    self.defaults["max_detections"])
         if s["max_detections"] < self.defaults["max_detections"]:  # fewer kept, same output shape
             k = s["max_detections"]
             num = np.minimum(num, k)
             boxes[:, k:], scores[:, k:], classes[:, k:] = 0, 0, -1
-        return num, boxes, scores, classes
+        return dict(zip(FINAL_OUTPUTS, (num, boxes, scores, classes)))

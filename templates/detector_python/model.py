@@ -57,11 +57,10 @@ class TritonPythonModel:
             with open(os.path.join(here, "spec.json")) as f:
                 self.post = Postprocessor(json.load(f), params)
             cv2.setNumThreads(1)
-            produced = self.post.decoder.output_names
-            if set(produced) != set(self.detector.output_names):
-                raise pb_utils.TritonModelException(f"the postprocess wants {produced}, the model gives "
-                                                    f"{self.detector.output_names}")
-            produced = self.final_names = list(FINAL_OUTPUTS)
+            if set(self.post.decoder.output_names) != set(produced):
+                raise pb_utils.TritonModelException(f"the postprocess wants {self.post.decoder.output_names}, "
+                                                    f"the model gives {produced}")
+            produced = FINAL_OUTPUTS
         if set(self.output_names) != set(produced):
             raise pb_utils.TritonModelException(f"config outputs {self.output_names} differ from {produced}")
 
@@ -71,7 +70,7 @@ class TritonPythonModel:
         if self.post is not None:  # a request with bad settings fails alone, before the batch runs
             for i, r in enumerate(requests):
                 try:
-                    settings[i] = self.post.settings(json.loads(r.parameters() or "{}"))
+                    settings[i] = self.post.settings(r.parameters())
                 except (ValueError, TypeError) as e:
                     responses[i] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
@@ -88,6 +87,6 @@ class TritonPythonModel:
             start += n
             if self.post is not None:
                 meta = _host(pb_utils.get_input_tensor_by_name(requests[i], "image_meta"))
-                mine = dict(zip(self.final_names, self.post(mine, meta, settings[i])))
+                mine = self.post(mine, meta, settings[i])
             responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(name, mine[name]) for name in self.output_names])
         return responses

@@ -12,7 +12,7 @@ import os
 import cv2
 import triton_python_backend_utils as pb_utils
 
-from detections import FINAL_OUTPUTS, Postprocessor
+from detections import Postprocessor
 
 
 class TritonPythonModel:
@@ -28,7 +28,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                s = self.post.settings(json.loads(request.parameters() or "{}"))
+                s = self.post.settings(request.parameters())
             except (ValueError, TypeError) as e:
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
@@ -37,5 +37,5 @@ class TritonPythonModel:
                        for n in self.post.decoder.output_names}
             meta = pb_utils.get_input_tensor_by_name(request, "image_meta").as_numpy()
             final = self.post(outputs, meta, s)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, t) for n, t in zip(FINAL_OUTPUTS, final)]))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, t) for n, t in final.items()]))
         return responses

@@ -87,6 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="where threshold + NMS run: detector = in the Python detector, on its candidates (implies "
                           "--decode detector; the ensemble has two models); auto = detector when the heads are "
                           "decoded by the detector on the GPU")
+    out.add_argument("--preprocess-in", choices=("auto", "preprocess", "detector"), default="auto",
+                     help="where decode + resize run: detector = in the Python detector, which is then the whole "
+                          "pipeline, one model (implies --nms detector); auto = detector when the detector also "
+                          "runs NMS and the images are decoded on the GPU")
     out.add_argument("--cuda-wait", choices=("spin", "block"), default="block",
                      help="GPU stubs: how a thread waits for the GPU (block: sleeps, frees the core; spin: CUDA's "
                           "default); docs/gpu-host.md has the measurements")
@@ -125,10 +129,12 @@ def instance_counts(args, preprocess_device: str, detector_on_gpu: bool, target:
         cores, gpus = local_host()
         cores = args.host_cores if args.host_cores is not None else cores
         gpus = args.host_gpus if args.host_gpus is not None else gpus
-        # --nms auto puts NMS into the Python GPU detector unless the model has no raw heads (known only later)
+        # --nms auto puts NMS into the Python GPU detector unless the model has no raw heads (known only later),
+        # and --preprocess-in auto the GPU preprocess with it
         nms_in_detector = (target == "python" and args.detector_device == "gpu" and args.nms != "postprocess"
                            and args.decode != "postprocess")
-        *counts, reason = auto_instances(cores, gpus, preprocess_device, detector_on_gpu, nms_in_detector)
+        whole = nms_in_detector and preprocess_device == "gpu" and args.preprocess_in != "preprocess"
+        *counts, reason = auto_instances(cores, gpus, preprocess_device, detector_on_gpu, nms_in_detector, whole)
         reason = "auto: " + reason
     else:
         try:
@@ -166,7 +172,9 @@ def main(argv=None) -> int:
         on_gpu = target == "tensorrt" or args.trt_accelerator or args.detector_device == "gpu"
         pre_device = ("gpu" if on_gpu and target != "onnxruntime" else "cpu") if args.preprocess_device == "auto" \
             else args.preprocess_device
-        decode = "detector" if args.nms == "detector" and args.decode == "auto" else args.decode
+        # each stage placed in the detector needs the ones after it there too
+        nms = "detector" if args.preprocess_in == "detector" and args.nms == "auto" else args.nms
+        decode = "detector" if nms == "detector" and args.decode == "auto" else args.decode
         counts = instance_counts(args, pre_device, on_gpu, target)
         repo = RepositorySettings(
             name=args.name, target=target, max_batch_size=args.max_batch_size,
@@ -177,7 +185,8 @@ def main(argv=None) -> int:
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=args.detector_precision,
             preprocess_device=pre_device, letterbox_fill=args.letterbox_fill,
-            decode="postprocess" if decode == "auto" else decode, nms="postprocess" if args.nms == "auto" else args.nms,
+            decode="postprocess" if decode == "auto" else decode, nms="postprocess" if nms == "auto" else nms,
+            preprocess_in="preprocess" if args.preprocess_in == "auto" else args.preprocess_in,
             cuda_wait=args.cuda_wait, cuda_graphs=args.cuda_graphs)
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "activated": args.activated,
@@ -207,7 +216,7 @@ def main(argv=None) -> int:
         result = build(BuildOptions(source=source, repo=repo, output=output, opset=args.opset, parity_images=tuple(parity),
                            plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
                            plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=decode,
-                           nms=args.nms))
+                           nms=nms, preprocess_in=args.preprocess_in))
         if deploy is not None:
             import dataclasses
 

@@ -11,7 +11,8 @@ R is a repository built with --detector-device gpu (GPU preprocess by default). 
   concurrency, with GPU utilisation sampled by nvidia-smi during each level;
 - CPU ms per image of tritonserver and of each model's stubs at the best concurrency (perf_analyzer's own
   CPU separately), from /proc and wait4 as in make bench;
-- the served detector alone at batch 8 (random FP32 input through CUDA shared memory, else system);
+- the served detector alone at batch 8 (random FP32 input through CUDA shared memory, else system), or,
+  where the detector is the whole pipeline (--preprocess-in detector), called directly with the JPEGs;
 - with --cpu-preprocess N: the same ensemble re-rendered with the CPU preprocess and N instances;
 - with --also KEY=VALUE,...: the same ensemble re-rendered with those settings (e.g. nms=postprocess);
 - with --images-per-request N: N JPEGs per request (perf_analyzer -b N) at the best concurrency / N.
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 
 import run  # noqa: E402  (perf_input_file, cpu_breakdown: the same measurement as make bench)
+from yolotriton.repository import read_settings  # noqa: E402
 
 
 def in_process(model: Path, batch: np.ndarray, seconds: float) -> tuple[float, float]:
@@ -171,7 +173,13 @@ def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: s
                                                              int(d[0]["p50 latency"]) / 1000)
             except RuntimeError as e:
                 log(f"    detector batch {b} failed: {str(e)[-300:]}")
-        if detector_alone:
+        if detector_alone and read_settings(repo).preprocess_in == "detector":
+            # The detector is the whole pipeline: called directly with the same JPEGs, without the ensemble's step
+            log(f"[gpu] {label}: the detector model called directly (no ensemble), JPEG bytes in")
+            d = run.perf_analyzer(server, "yolov4_detector", tmp / "det-direct.csv",
+                                  ["--input-data", str(images_json), "--concurrency-range", f"{conc}:{conc}"], log)
+            res["direct"] = (conc, float(d[0]["Inferences/Second"]), int(d[0]["p50 latency"]) / 1000)
+        elif detector_alone:
             log(f"[gpu] {label}: served detector alone, batch 8, random FP32 input")
             for shm in ("cuda", "system"):
                 try:
@@ -225,8 +233,8 @@ def report(args):
     import onnxruntime as ort
 
     from yolotriton import images
-    from yolotriton.build import copy_repository, rerender
-    from yolotriton.repository import read_settings, spec_path
+    from yolotriton.build import copy_repository, instance_summary, rerender
+    from yolotriton.repository import spec_path
 
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp())
@@ -250,9 +258,9 @@ def report(args):
     log(f"[gpu] in-process ORT CUDA graphs b8 (the served detector's engine): {graphed[0]:.1f} img/s, "
         f"p50 {graphed[1]:.2f} ms")
     levels = ints(args.concurrency)
-    counts = f"{settings.preprocess_instances}/{settings.detector_instances}" + (
-        " instances, NMS in the detector" if settings.nms == "detector" else f"/{settings.postprocess_instances} instances")
-    results = {f"GPU preprocess ({counts})": served(args.repo, levels, tmp / "images.json", tmp, args.out, "gpu-pre",
+    where = ("one model: preprocess and NMS in the detector" if settings.preprocess_in == "detector" else
+             "NMS in the detector" if settings.nms == "detector" else "three models")
+    results = {f"GPU preprocess ({instance_summary(settings)} instances, {where})": served(args.repo, levels, tmp / "images.json", tmp, args.out, "gpu-pre",
                                                     log, detector_alone=True,
                                                     images_per_request=args.images_per_request,
                                                     detector_batches=detector_batches)}
@@ -301,6 +309,10 @@ def report(args):
         for b, (ips, p50) in r.get("detector_batches", {}).items():
             lines.append(f"| served detector alone, {label}, batch {b}, one request at a time | {ips:.1f} | {p50:.2f} | "
                          f"{ips / best_inproc:.2f} |")
+        if "direct" in r:
+            conc, ips, p50 = r["direct"]
+            lines.append(f"| the detector model called directly (no ensemble step), concurrency {conc} | {ips:.1f} | "
+                         f"{p50:.1f} | {ips / best_inproc:.2f} |")
         if "detector" in r:
             shm, ips = r["detector"]
             # perf_analyzer counts inferences as requests x batch size: already images/s

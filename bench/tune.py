@@ -5,8 +5,8 @@
 
 Coordinate search from the repository's current settings over: detector instances x ONNX Runtime
 threads, preprocess instances, dynamic-batching queue delay, max batch size (CPU detector); on a
-GPU repository, detector instances per GPU, preprocess and postprocess instances, queue delay, at a
-concurrency that fills the GPU (64). Each candidate is
+GPU repository, detector instances per GPU, preprocess and postprocess instances (where those models
+exist), queue delay, CUDA wait, at a concurrency that fills the GPU (64). Each candidate is
 rendered into a scratch copy (weights hard-linked), served by a real tritonserver and measured with
 perf_analyzer on real JPEGs; the best images/s wins. The winner is re-rendered into the repository
 (staged and swapped in) and `tuning.md` beside it records every measured row with peak RSS.
@@ -45,12 +45,16 @@ def dimensions(settings) -> list[list[dict]]:
     """What to search for this repository: the CPU list above, or the GPU one (each stub instance there is a
     process with its own CUDA context, so counts stay small; the CPU cores feed the postprocess)."""
     if not settings.detector_on_gpu:
-        return DIMENSIONS
-    pre = (2, 3, 4) if settings.preprocess_device == "gpu" else (CORES // 2, max(1, CORES - CORES // 4 - 1))
-    dims = [
-        [{"detector_instances": n, "ort_threads": 1} for n in (2, 3, 4)],
-        [{"preprocess_instances": n} for n in pre],
-    ]
+        return DIMENSIONS if settings.preprocess_in != "detector" else [
+            dim for dim in DIMENSIONS if "preprocess_instances" not in dim[0]]
+    if settings.preprocess_in == "detector":  # one model, the whole pipeline: its instance count is the knob
+        dims = [[{"detector_instances": n, "ort_threads": 1} for n in (4, 6, 8)]]
+    else:
+        pre = (2, 3, 4) if settings.preprocess_device == "gpu" else (CORES // 2, max(1, CORES - CORES // 4 - 1))
+        dims = [
+            [{"detector_instances": n, "ort_threads": 1} for n in (2, 3, 4)],
+            [{"preprocess_instances": n} for n in pre],
+        ]
     if settings.nms != "detector":  # with NMS in the detector there is no postprocess model to size
         dims.append([{"postprocess_instances": n}
                      for n in sorted({max(1, CORES // 8), max(1, CORES // 4), max(1, CORES // 2)})])

@@ -22,6 +22,7 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
   YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider tests/test_gpu_preprocess.py tests/test_ort_detector.py 2>&1 | tee "$OUT/tests-gpu.log"
   YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider \
     tests/test_serving.py tests/test_client.py tests/test_reliability.py tests/test_decode_in_detector.py tests/test_nms_in_detector.py \
+    tests/test_preprocess_in_detector.py \
     -k "not numpy_2 and not without_the_venv and not interrupted_build" 2>&1 | tee "$OUT/tests-e2e.log"
 fi
 if [ "$WHAT" = bench-tiny ] || [ "$WHAT" = all ]; then

@@ -97,6 +97,12 @@ def test_tune_searches_gpu_settings_for_a_gpu_repository():
     fused = dimensions(RepositorySettings(detector_device="gpu", preprocess_device="gpu", decode="detector",
                                           nms="detector"))
     assert "postprocess_instances" not in {k for dim in fused for alt in dim for k in alt}
+    whole = dimensions(RepositorySettings(detector_device="gpu", preprocess_device="gpu", decode="detector",
+                                          nms="detector", preprocess_in="detector"))
+    keys = {k for dim in whole for alt in dim for k in alt}
+    assert not keys & {"preprocess_instances", "postprocess_instances"} and "detector_instances" in keys
+    cpu_whole = dimensions(RepositorySettings(decode="detector", nms="detector", preprocess_in="detector"))
+    assert "preprocess_instances" not in {k for dim in cpu_whole for alt in dim for k in alt}
 
 
 @pytest.mark.slow

@@ -100,10 +100,13 @@ def test_instances_flags_reach_the_repository(built_repo, tmp_path, photos):
     from yolotriton.repository import read_settings
 
     args = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2",
-                                  "--postprocess-instances", "3"])
+                                  "--preprocess-in", "preprocess", "--postprocess-instances", "3"])
     counts = build_repo.instance_counts(args, "gpu", True)
     assert counts[:3] == (6, 8, 3) and "32 cores, 2 GPUs" in counts[3] and "--postprocess-instances 3" in counts[3]
     assert "the detector does NMS" in counts[3]
+    args = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2"])
+    counts = build_repo.instance_counts(args, "gpu", True)
+    assert counts[:3] == (1, 12, 1) and "the detector is the whole pipeline" in counts[3]
     args = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2", "--nms",
                                   "postprocess"])
     assert build_repo.instance_counts(args, "gpu", True)[:3] == (6, 6, 8)

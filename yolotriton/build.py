@@ -21,8 +21,8 @@ import numpy as np
 from . import images
 from .importer import ImportOptions, import_model
 from .plan import DEFAULT_NGC_TAG, PlanError, PlanOptions
-from .repository import (RepositorySettings, read_settings, render_repository, resolve_decode, resolve_nms, spec_path,
-                         validate_repository)
+from .repository import (RepositorySettings, read_settings, render_repository, resolve_decode, resolve_nms,
+                         resolve_preprocess_in, spec_path, validate_repository)
 from .spec import DetectorSpec
 
 WEIGHT_FILES = ("model.onnx", "model.fp16.onnx", "model.plan")
@@ -46,6 +46,7 @@ class BuildOptions:
     ngc_tag: str = DEFAULT_NGC_TAG
     decode: str = "auto"  # --decode: auto | postprocess | detector (resolved once the model's layout is known)
     nms: str = "auto"  # --nms: auto | postprocess | detector (resolved after decode)
+    preprocess_in: str = "auto"  # --preprocess-in: auto | preprocess | detector (resolved after nms)
     log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
 
@@ -119,6 +120,7 @@ def _build_local(opts: BuildOptions) -> Path:
         f"{spec.layout} outputs {list(spec.output_names)} ({time.perf_counter() - t:.1f}s)")
     s = dataclasses.replace(s, decode=resolve_decode(opts.decode, s, spec))
     s = dataclasses.replace(s, nms=resolve_nms(opts.nms, s))
+    s = dataclasses.replace(s, preprocess_in=resolve_preprocess_in(opts.preprocess_in, s))
     if not opts.parity_images:
         raise ValueError("no images for the parity gate")
     batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode, s.letterbox_fill)
@@ -148,8 +150,9 @@ def _build_local(opts: BuildOptions) -> Path:
             (staging / "README.md").write_text(REPO_README)
         validate_repository(staging, allow_pending_plan=s.target == "tensorrt" and opts.plan_builder != "local")
         log(f"[render] {len(list(staging.glob('*/config.pbtxt')))} models rendered and validated "
-            f"({time.perf_counter() - t:.1f}s); preprocess on the {s.preprocess_device.upper()}, heads decoded in "
-            f"the {s.decode}, NMS in the {s.nms}, instances {_instances(s)} ({s.instances_reason})")
+            f"({time.perf_counter() - t:.1f}s); preprocess on the {s.preprocess_device.upper()} in the "
+            f"{s.preprocess_in}, heads decoded in "
+            f"the {s.decode}, NMS in the {s.nms}, instances {instance_summary(s)} ({s.instances_reason})")
         _swap_in(staging, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -159,8 +162,10 @@ def _build_local(opts: BuildOptions) -> Path:
     return output
 
 
-def _instances(s: RepositorySettings) -> str:
-    counts = (s.preprocess_instances, s.detector_instances) + (() if s.nms == "detector" else (s.postprocess_instances,))
+def instance_summary(s: RepositorySettings) -> str:
+    """The rendered models' instance counts, in ensemble order."""
+    counts = ((() if s.preprocess_in == "detector" else (s.preprocess_instances,)) + (s.detector_instances,)
+              + (() if s.nms == "detector" else (s.postprocess_instances,)))
     return "/".join(map(str, counts))
 
 

@@ -29,7 +29,8 @@ class LocalPipeline:
 
         configs = validate_repository(Path(repository))
         params = lambda model: {k: v.string_value for k, v in configs[model].parameters.items()}
-        pre, det = params(f"{name}_preprocess"), params(f"{name}_detector")
+        det = params(f"{name}_detector")
+        pre = params(f"{name}_preprocess") if f"{name}_preprocess" in configs else det  # --preprocess-in detector
         post = params(f"{name}_postprocess") if f"{name}_postprocess" in configs else det  # det: --nms detector
         self.width, self.height = int(pre["input_width"]), int(pre["input_height"])
         self.mode, self.max_pixels = pre["resize_mode"], int(pre["max_pixels"])

@@ -25,6 +25,8 @@ TARGETS = ("python", "onnxruntime", "tensorrt")
 RESIZE_MODES = ("stretch", "letterbox")
 DECODE_STAGES = ("postprocess", "detector")
 NMS_STAGES = ("postprocess", "detector")
+PREPROCESS_STAGES = ("preprocess", "detector")
+PREPROCESS_FILES = ("images.py", "preprocess.py", "gpu_images.py", "resize.onnx")  # beside whichever model preprocesses
 
 
 class RepositoryError(ValueError):
@@ -92,6 +94,10 @@ class RepositorySettings:
     # detector does them on its candidates and answers with the final detections; needs decode "detector"). One
     # model fewer per request: no third step to schedule, copy into and wait for (docs/gpu-host.md measures it).
     nms: str = "postprocess"
+    # Where decode + resize run: "preprocess" (the first model of the ensemble) or "detector" (the Python detector
+    # takes the images itself and, with NMS there too, is the whole pipeline: one model per request, no tensor
+    # crossing between models; needs nms "detector"). docs/gpu-host.md measures it.
+    preprocess_in: str = "preprocess"
     # How the GPU stubs wait for the GPU: "block" (cudaDeviceScheduleBlockingSync: the thread sleeps until the GPU
     # is done) or "spin" (CUDA's default while cores are free: a core busy for the whole wait). Measured on an H100
     # (docs/gpu-host.md): YOLOv4 608 server CPU 4.4 ms/image with block, 13.8 with spin, same img/s; yolov4-tiny
@@ -135,6 +141,10 @@ class RepositorySettings:
             raise RepositoryError(f"nms {self.nms!r}: expected one of {', '.join(NMS_STAGES)}")
         if self.nms == "detector" and self.decode != "detector":
             raise RepositoryError("--nms detector works on the detector's candidates: it needs --decode detector")
+        if self.preprocess_in not in PREPROCESS_STAGES:
+            raise RepositoryError(f"preprocess in {self.preprocess_in!r}: expected one of {', '.join(PREPROCESS_STAGES)}")
+        if self.preprocess_in == "detector" and self.nms != "detector":
+            raise RepositoryError("--preprocess-in detector makes the detector the whole pipeline: it needs --nms detector")
         if self.cuda_wait not in ("spin", "block"):
             raise RepositoryError(f"cuda wait {self.cuda_wait!r}: expected spin or block")
         if self.cuda_graphs not in ("on", "off"):
@@ -180,8 +190,8 @@ def _render_config(cfg: ModelConfig) -> str:
 
 
 def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[ModelConfig], list[dict]]:
-    """The member models (preprocess, detector and, unless --nms detector, postprocess) and the two ensembles
-    (as template contexts)."""
+    """The member models (preprocess unless --preprocess-in detector, detector, and postprocess unless --nms
+    detector) and the two ensembles (as template contexts)."""
     h, w = spec.input_height, spec.input_width
     net_in = Tensor(INPUT_NAME, "TYPE_FP32", (h, w, 3))
     meta = Tensor("image_meta", "TYPE_FP32", (6,))
@@ -202,6 +212,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
     thresholds = {"score_threshold": str(s.score_threshold), "iou_threshold": str(s.iou_threshold),
                   "max_detections": str(k), "inputs": "candidates" if s.decode == "detector" else "heads"}
     fused = s.nms == "detector"  # the detector answers with the final detections
+    whole = s.preprocess_in == "detector"  # ... and takes the images: it is the whole pipeline
     pre = ModelConfig(
         name=s.preprocess, backend="python", max_batch_size=s.max_batch_size,
         inputs=[Tensor("IMAGE", "TYPE_STRING", (1,), optional=True),
@@ -212,10 +223,10 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
                     "letterbox_fill": str(s.letterbox_fill), "max_pixels": str(s.max_pixels),
                     "max_bytes": str(s.max_bytes), "device": s.preprocess_device, "cuda_wait": s.cuda_wait})
     on_gpu = s.detector_on_gpu
-    det_common = dict(name=s.detector, inputs=[net_in, meta] if fused else [net_in],
+    det_common = dict(name=s.detector, inputs=pre.inputs if whole else [net_in, meta] if fused else [net_in],
                       outputs=final if fused else det_outs, max_batch_size=s.max_batch_size,
                       instances=s.detector_instances, instance_kind="KIND_GPU" if on_gpu else s.instance_kind,
-                      max_queue_delay_us=s.max_queue_delay_us, warmup=True)
+                      max_queue_delay_us=s.max_queue_delay_us, warmup=not whole)  # no zero-filled image decodes
     if s.target == "python":
         providers = "CUDAExecutionProvider,CPUExecutionProvider" if s.detector_device == "gpu" else "CPUExecutionProvider"
         det = ModelConfig(backend="python", parameters={
@@ -223,8 +234,10 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
             "model_file": "model.fp16.onnx" if s.detector_precision == "fp16" else "model.onnx",
             "candidates_file": "candidates.onnx" if s.decode == "detector" else "", "cuda_wait": s.cuda_wait,
             "cuda_graphs": s.cuda_graphs, "nms": "on" if fused else "off", **(thresholds if fused else {}),
-            # GPU preprocess: take its output where it is (on the GPU) instead of Triton's copy to the host
-            "FORCE_CPU_ONLY_INPUT_TENSORS": "no" if s.preprocess_device == "gpu" else "yes"}, **det_common)
+            **({"preprocess": "on", **pre.parameters} if whole else {}),
+            # GPU preprocess model: take its output where it is (on the GPU) instead of Triton's copy to the host
+            "FORCE_CPU_ONLY_INPUT_TENSORS": "no" if s.preprocess_device == "gpu" and not whole else "yes"},
+            **det_common)
     elif s.target == "onnxruntime":
         det = ModelConfig(platform="onnxruntime_onnx", default_model_filename="model.onnx",
                           parameters={"intra_op_thread_count": str(s.ort_threads)},
@@ -236,6 +249,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         outputs=final, instances=s.postprocess_instances, parameters=thresholds)
     names = lambda tensors: {t.name: t.name for t in tensors}
     steps = lambda entry_input: [
+        {"model": s.detector, "input_map": {entry_input: entry_input}, "output_map": names(final)}] if whole else [
         {"model": s.preprocess, "input_map": {entry_input: entry_input},
          "output_map": {INPUT_NAME: INPUT_NAME, "image_meta": "image_meta"}},
         *([{"model": s.detector, "input_map": names([net_in, meta]), "output_map": names(final)}] if fused else [
@@ -250,7 +264,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         {"name": s.raw_entry, "max_batch_size": s.max_batch_size, "input": Tensor("RAW_IMAGE", "TYPE_UINT8", (-1, -1, 3)),
          "outputs": final, "steps": steps("RAW_IMAGE"), "parameters": params},
     ]
-    return ([pre, det] if fused else [pre, det, post]), ensembles
+    return ([det] if whole else [pre, det] if fused else [pre, det, post]), ensembles
 
 
 def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> None:
@@ -264,9 +278,16 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
         (root / e["name"] / "1").mkdir(parents=True, exist_ok=True)  # Triton wants the (empty) version folder
         (root / e["name"] / "config.pbtxt").write_text(_env().get_template("ensemble.pbtxt.j2").render(**e))
         (root / e["name"] / "labels.txt").write_text(labels)
-    pre, post = root / s.preprocess / "1", root / s.postprocess / "1"
-    shutil.copy(TEMPLATES / "preprocess" / "model.py", pre / "model.py")
+    pre, post, det = root / s.preprocess / "1", root / s.postprocess / "1", root / s.detector / "1"
+    if s.preprocess_in == "detector":  # the detector takes the images: its folder gets the preprocess code
+        shutil.rmtree(root / s.preprocess, ignore_errors=True)  # re-rendering a repository with a preprocess model
+        pre = det
+    else:
+        shutil.copy(TEMPLATES / "preprocess" / "model.py", pre / "model.py")
+        for stale in PREPROCESS_FILES:  # re-rendering a repository that had --preprocess-in detector
+            (det / stale).unlink(missing_ok=True)
     shutil.copy(PACKAGE_DIR / "images.py", pre / "images.py")
+    shutil.copy(PACKAGE_DIR / "preprocess.py", pre / "preprocess.py")
     for stale in ("gpu_images.py", "resize.onnx"):  # re-rendering a GPU repository for the CPU
         (pre / stale).unlink(missing_ok=True)
     if s.preprocess_device == "gpu":
@@ -274,7 +295,6 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
 
         shutil.copy(PACKAGE_DIR / "gpu_images.py", pre / "gpu_images.py")
         write_resize_onnx(pre / "resize.onnx", s.letterbox_fill)
-    det = root / s.detector / "1"
     if s.nms == "detector":  # the detector does the postprocess's work: its code, spec and labels go there
         shutil.rmtree(root / s.postprocess, ignore_errors=True)  # re-rendering a three-model repository
         post = det
@@ -314,6 +334,16 @@ def resolve_nms(requested: str, s: RepositorySettings) -> str:
     return "detector" if s.decode == "detector" and s.detector_device == "gpu" else "postprocess"
 
 
+def resolve_preprocess_in(requested: str, s: RepositorySettings) -> str:
+    """--preprocess-in auto: in the detector when the Python detector on the GPU also runs NMS and the images are
+    decoded on the GPU (one model per request: more images/s and less server CPU per image than two models,
+    measured in docs/gpu-host.md), else in the preprocess model."""
+    if requested != "auto":
+        return requested
+    return "detector" if s.nms == "detector" and s.detector_device == "gpu" and s.preprocess_device == "gpu" \
+        else "preprocess"
+
+
 def spec_path(root: Path, name: str = "yolov4") -> Path:
     """The spec.json of a rendered repository: beside the model that runs NMS (postprocess, or detector)."""
     for model in (f"{name}_postprocess", f"{name}_detector"):
@@ -324,7 +354,7 @@ def spec_path(root: Path, name: str = "yolov4") -> Path:
 
 
 def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gpu: bool,
-                   nms_in_detector: bool = False) -> tuple[int, int, int, str]:
+                   nms_in_detector: bool = False, preprocess_in_detector: bool = False) -> tuple[int, int, int, str]:
     """(preprocess, detector, postprocess) instance counts for a serving host, and why.
 
     Measured basis: on 2 cores, 2 preprocess + 2 single-thread detectors + 1 postprocess was the best
@@ -334,8 +364,14 @@ def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gp
     (yolov4-tiny, H100, docs/results/gpu-h100-nms-in-detector.md): 3 preprocess per GPU served as
     many images as 4 with less CPU each; the detector was the wall at 2 per GPU, 3 per GPU fed the
     GPU with the postprocess model, 4 when the detector also runs NMS (its CPU time per batch grows).
+    When the detector is the whole pipeline (--preprocess-in detector), each instance decodes, runs the
+    network and NMS in turn: 6 per GPU fed the H100 on yolov4-tiny where 4 did not
+    (docs/results/gpu-h100-preprocess-in-detector.md).
     """
     cores, gpus = max(1, cores), max(0, gpus)
+    if detector_on_gpu and gpus and preprocess_in_detector:  # the preprocess and postprocess are not rendered
+        return 1, 6 * gpus, 1, (f"{cores} cores, {gpus} GPUs: the detector is the whole pipeline (decode, resize, "
+                                f"network, NMS), 6 per GPU")
     if detector_on_gpu and gpus:
         detector = (4 if nms_in_detector else 3) * gpus  # one runs while the others gather, copy out, NMS
         post = 1 if nms_in_detector else max(1, cores // 4)  # not rendered when the detector does NMS

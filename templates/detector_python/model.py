@@ -14,6 +14,10 @@ the final detections, so the ensemble has no third step to schedule, copy into a
 On a GPU instance whose inputs arrive on the GPU (the GPU preprocess; FORCE_CPU_ONLY_INPUT_TENSORS
 "no"), the batch never visits the host: the requests' tensors come in through DLPack and are copied
 into the batch on the device.
+
+`--preprocess-in detector` (parameter preprocess "on", with NMS here too): this model is the whole
+pipeline. It takes the requests' IMAGE bytes or RAW_IMAGE arrays and preprocesses them itself
+(preprocess.RequestPreprocessor, on the GPU on a GPU instance), so no tensor crosses between models.
 """
 import json
 import os
@@ -29,6 +33,10 @@ def _host(tensor):
     return tensor.as_numpy() if tensor.is_cpu() else ort.OrtValue.from_dlpack(tensor.to_dlpack()).numpy()
 
 
+def _invalid(error):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -38,6 +46,12 @@ class TritonPythonModel:
         on_gpu = args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in wanted
         if on_gpu and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise pb_utils.TritonModelException("ONNX Runtime here lacks CUDAExecutionProvider (install onnxruntime-gpu)")
+        self.preprocess = None
+        if params.get("preprocess") == "on":  # first: the GPU preprocess sets how this process waits for CUDA
+            from preprocess import RequestPreprocessor
+
+            self.preprocess = RequestPreprocessor(params, here, int(args.get("model_instance_device_id") or 0),
+                                                  pb_utils.Logger.log_warn)
         candidates = params.get("candidates_file")
         self.detector = OrtDetector(
             os.path.join(here, params.get("model_file", "model.onnx")),
@@ -72,21 +86,31 @@ class TritonPythonModel:
                 try:
                     settings[i] = self.post.settings(r.parameters())
                 except (ValueError, TypeError) as e:
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+                    responses[i] = _invalid(e)
         live = [i for i in range(len(requests)) if responses[i] is None]
+        if self.preprocess is not None:  # images in: a bad one fails its own request
+            parts, metas = {}, {}
+            for i, result in zip(live, self.preprocess([requests[i] for i in live])):
+                if isinstance(result, Exception):  # the request's preprocess.ImageError
+                    responses[i] = _invalid(result)
+                else:
+                    parts[i], metas[i] = result
+            live = [i for i in live if responses[i] is None]
+        else:
+            tensors = {i: pb_utils.get_input_tensor_by_name(requests[i], self.input_name) for i in live}
+            parts = {i: t.as_numpy() if t.is_cpu() else ort.OrtValue.from_dlpack(t.to_dlpack())
+                     for i, t in tensors.items()}
         if not live:
             return responses
-        tensors = [pb_utils.get_input_tensor_by_name(requests[i], self.input_name) for i in live]
-        parts = [t.as_numpy() if t.is_cpu() else ort.OrtValue.from_dlpack(t.to_dlpack()) for t in tensors]
-        outputs = dict(zip(self.detector.output_names, self.detector(parts)))
+        outputs = dict(zip(self.detector.output_names, self.detector([parts[i] for i in live])))
         start = 0
-        for i, p in zip(live, parts):
-            n = rows(p)
+        for i in live:
+            n = rows(parts[i])
             mine = {name: v[start:start + n] for name, v in outputs.items()}
             start += n
             if self.post is not None:
-                meta = _host(pb_utils.get_input_tensor_by_name(requests[i], "image_meta"))
+                meta = metas[i] if self.preprocess is not None else _host(
+                    pb_utils.get_input_tensor_by_name(requests[i], "image_meta"))
                 mine = self.post(mine, meta, settings[i])
             responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(name, mine[name]) for name in self.output_names])
         return responses

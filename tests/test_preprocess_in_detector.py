@@ -1,0 +1,149 @@
+"""--preprocess-in detector: the Python detector takes the images itself and, with NMS there too, is the whole
+pipeline (one model per request; the ensembles yolov4 and yolov4_raw have one step).
+
+Here on the CPU; the GPU host runs the same stub with the GPU preprocess against its GPU repository, where it
+is the default. The answers must be the other layouts': OpenCV's darknet detections, the same raw-array
+entry, per-request overrides, and a bad image failing only its own request.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+import build_repo
+from client import YoloClient
+from reference import assert_served_like, infer_bytes, opencv_net
+from yolotriton.build import copy_repository, rerender
+from yolotriton.detections import FINAL_OUTPUTS
+from yolotriton.pipeline import LocalPipeline
+from yolotriton.repository import (RepositoryError, RepositorySettings, auto_instances, model_configs,
+                                   resolve_preprocess_in, spec_path, validate_repository)
+from yolotriton.server import TritonServer
+from yolotriton.spec import DetectorSpec, YoloHead
+
+RAW = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
+GPU_NMS = dict(detector_device="gpu", preprocess_device="gpu", decode="detector", nms="detector")
+
+
+def test_preprocess_in_detector_settings():
+    assert resolve_preprocess_in("auto", RepositorySettings(**GPU_NMS)) == "detector"
+    # not with the postprocess model, nor on the CPU (not measured there), nor when asked
+    assert resolve_preprocess_in("auto", RepositorySettings(**{**GPU_NMS, "nms": "postprocess"})) == "preprocess"
+    assert resolve_preprocess_in("auto", RepositorySettings(decode="detector", nms="detector")) == "preprocess"
+    assert resolve_preprocess_in("preprocess", RepositorySettings(**GPU_NMS)) == "preprocess"
+    members, ensembles = model_configs(RAW, RepositorySettings(decode="detector", nms="detector",
+                                                               preprocess_in="detector", detector_instances=5))
+    (det,) = members
+    assert [t.name for t in det.inputs] == ["IMAGE", "RAW_IMAGE"] and all(t.optional for t in det.inputs)
+    assert [t.name for t in det.outputs] == list(FINAL_OUTPUTS) and det.instances == 5
+    assert (det.parameters["preprocess"], det.parameters["nms"], det.parameters["input_width"]) == ("on", "on", "416")
+    assert det.parameters["max_bytes"] == str(64 << 20) and not det.warmup  # no zero-filled "image" to decode
+    for e, entry in zip(ensembles, ("IMAGE", "RAW_IMAGE")):
+        assert e["steps"] == [{"model": "yolov4_detector", "input_map": {entry: entry},
+                               "output_map": {n: n for n in FINAL_OUTPUTS}}]
+    with pytest.raises(RepositoryError, match="needs --nms detector"):
+        RepositorySettings(decode="detector", preprocess_in="detector")
+    with pytest.raises(RepositoryError, match="preprocess in 'gpu'"):
+        RepositorySettings(preprocess_in="gpu")
+    # measured on an H100 (docs/results/gpu-h100-preprocess-in-detector.md): 6 per GPU fed it, 4 did not
+    assert auto_instances(16, 1, "gpu", True, True, preprocess_in_detector=True)[:3] == (1, 6, 1)
+    assert auto_instances(16, 2, "gpu", True, True, preprocess_in_detector=True)[1] == 12
+
+
+def test_cli_places_the_preprocess_and_sizes_the_detector(tmp_path, capsys):
+    out = tmp_path / "repo"
+    assert build_repo.main(["--preprocess-in", "detector", "--nms", "postprocess", "--output", str(out)]) != 0
+    assert "needs --nms detector" in capsys.readouterr().err and not out.exists()
+    host = ["--detector-device", "gpu", "--host-cores", "16", "--host-gpus", "1"]
+    assert build_repo.instance_counts(build_repo.parse_args(host), "gpu", True)[:3] == (1, 6, 1)
+    kept = build_repo.parse_args(host + ["--preprocess-in", "preprocess"])
+    assert build_repo.instance_counts(kept, "gpu", True)[:3] == (3, 4, 1)
+
+
+@pytest.fixture(scope="module")
+def whole_repo(built_repo, tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("whole") / "model_repository"
+    copy_repository(built_repo, repo)
+    rerender(repo, decode="detector", nms="detector", preprocess_in="detector")
+    return repo
+
+
+def test_rerender_moves_the_preprocess_into_the_detector_and_back(whole_repo, tmp_path):
+    assert not (whole_repo / "yolov4_preprocess").exists() and not (whole_repo / "yolov4_postprocess").exists()
+    det = whole_repo / "yolov4_detector" / "1"
+    assert {"preprocess.py", "images.py", "detections.py", "spec.json"} <= {p.name for p in det.iterdir()}
+    assert spec_path(whole_repo) == det / "spec.json"
+    assert sorted(validate_repository(whole_repo)) == ["yolov4", "yolov4_detector", "yolov4_raw"]
+    back = tmp_path / "back"
+    copy_repository(whole_repo, back)
+    rerender(back, preprocess_in="preprocess")
+    assert (back / "yolov4_preprocess" / "1" / "preprocess.py").is_file()
+    assert not {"preprocess.py", "images.py", "gpu_images.py", "resize.onnx"} & {
+        p.name for p in (back / "yolov4_detector" / "1").iterdir()}
+    assert len(validate_repository(back)) == 4
+
+
+def test_local_pipeline_reads_the_one_model_repository(whole_repo, built_repo, photos):
+    blobs = [p.read_bytes() for p in photos[:3]]
+    for a, b in zip(LocalPipeline(whole_repo)(blobs), LocalPipeline(built_repo)(blobs)):
+        np.testing.assert_array_equal(a.classes, b.classes)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+def _infer_raw(client, rgb):
+    inp = grpcclient.InferInput("RAW_IMAGE", [1, *rgb.shape], "UINT8")
+    inp.set_data_from_numpy(rgb[None])
+    res = client.infer("yolov4_raw", [inp])
+    return {k: res.as_numpy(k) for k in FINAL_OUTPUTS}
+
+
+def test_served_as_one_model_matches_opencv_and_the_ensemble(whole_repo, server, photos, default_model):
+    net = opencv_net(default_model.cfg, default_model.weights)
+    other = grpcclient.InferenceServerClient(server.grpc_url)
+    blobs = [p.read_bytes() for p in photos]
+    with TritonServer(whole_repo) as s:
+        client = grpcclient.InferenceServerClient(s.grpc_url)
+        assert not client.is_model_ready("yolov4_preprocess")
+        batch = assert_served_like(client, other, grpcclient, net, photos)
+        rgb = cv2.cvtColor(cv2.imread(str(photos[0])), cv2.COLOR_BGR2RGB)
+        a, b = _infer_raw(client, rgb), _infer_raw(other, rgb)
+        np.testing.assert_array_equal(a["classes"], b["classes"])
+        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-2)
+        params = {"score_threshold": 0.05, "max_detections": 3}
+        a, b = infer_bytes(client, grpcclient, blobs[:2], params=params), infer_bytes(other, grpcclient, blobs[:2],
+                                                                                       params=params)
+        np.testing.assert_array_equal(a["num_detections"], b["num_detections"])
+        # the project's client reads the input size and limits from the one model's config
+        with YoloClient(s.grpc_url) as yc:
+            assert (yc.info.input_width, yc.info.max_pixels, yc.info.raw_entry) == (416, 50_000_000, "yolov4_raw")
+            assert len(yc.detect(photos[0])) == int(batch["num_detections"][0, 0])
+
+
+def test_a_bad_image_fails_only_its_own_request(whole_repo, photos):
+    good = photos[0].read_bytes()
+    bad = good[: len(good) // 3]  # a truncated JPEG: its header is fine, its pixels are not there
+    with TritonServer(whole_repo) as s:
+        client = grpcclient.InferenceServerClient(s.grpc_url)
+        want = infer_bytes(client, grpcclient, [good])
+
+        def call(data):
+            try:
+                return infer_bytes(client, grpcclient, [data])
+            except InferenceServerException as e:
+                return e
+
+        # sent together so that the dynamic batcher can put them into one execute
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(call, [good, bad, good, b"not an image", good, good]))
+        for i in (1, 3):
+            assert isinstance(got[i], InferenceServerException) and got[i].status() == "StatusCode.INVALID_ARGUMENT"
+        assert "not a JPEG, PNG or BMP" in got[3].message()
+        for i in (0, 2, 4, 5):
+            np.testing.assert_array_equal(got[i]["num_detections"], want["num_detections"])
+        np.testing.assert_array_equal(infer_bytes(client, grpcclient, [good])["classes"], want["classes"])

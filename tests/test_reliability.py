@@ -63,8 +63,11 @@ def test_interrupted_build_leaves_previous_repository(tmp_path):
     out = tmp_path / "model_repository"
     (out / "previous_model" / "1").mkdir(parents=True)
     (out / "previous_model" / "config.pbtxt").write_text('name: "previous_model"\n')
+    # SIGINT back to its default in the build: a runner started as a shell's background job (nohup ... &) has it
+    # ignored, and that is inherited; a terminal's foreground build, which this test plays, has it default.
     proc = subprocess.Popen([sys.executable, str(ROOT / "build_repo.py"), "--output", str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stdout:
         seen.append(line)

@@ -109,3 +109,13 @@ def assert_served_like(client, other, module, net, photos, size=(416, 416)):
             np.testing.assert_array_equal(one[k], ref[k], err_msg=photo.name)
         np.testing.assert_allclose(one["boxes"], ref["boxes"], atol=1e-2, err_msg=photo.name)
     return batch
+
+
+def assert_local_pipelines_agree(repo, other, photos):
+    """The in-process pipeline (yolotriton.pipeline) reads both repositories and gives the same detections."""
+    from yolotriton.pipeline import LocalPipeline
+
+    blobs = [p.read_bytes() for p in photos[:3]]
+    for a, b in zip(LocalPipeline(repo)(blobs), LocalPipeline(other)(blobs)):
+        np.testing.assert_array_equal(a.classes, b.classes)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)

@@ -14,10 +14,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 import build_repo
-from reference import assert_served_like, infer_bytes, opencv_net
+from reference import assert_local_pipelines_agree, assert_served_like, infer_bytes, opencv_net
 from yolotriton.build import copy_repository, rerender
 from yolotriton.detections import FINAL_OUTPUTS
-from yolotriton.pipeline import LocalPipeline
 from yolotriton.repository import (RepositoryError, RepositorySettings, model_configs, resolve_nms, spec_path,
                                    validate_repository)
 from yolotriton.server import TritonServer
@@ -81,10 +80,7 @@ def test_rerender_moves_the_postprocess_into_the_detector_and_back(fused_repo, t
 
 
 def test_local_pipeline_reads_the_fused_repository(fused_repo, built_repo, photos):
-    blobs = [p.read_bytes() for p in photos[:3]]
-    for a, b in zip(LocalPipeline(fused_repo)(blobs), LocalPipeline(built_repo)(blobs)):
-        np.testing.assert_array_equal(a.classes, b.classes)
-        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    assert_local_pipelines_agree(fused_repo, built_repo, photos)
 
 
 def test_served_with_nms_in_detector_matches_opencv_and_the_three_model_ensemble(fused_repo, server, photos,

@@ -18,10 +18,9 @@ from tritonclient.utils import InferenceServerException
 
 import build_repo
 from client import YoloClient
-from reference import assert_served_like, infer_bytes, opencv_net
+from reference import assert_local_pipelines_agree, assert_served_like, infer_bytes, opencv_net
 from yolotriton.build import copy_repository, rerender
 from yolotriton.detections import FINAL_OUTPUTS
-from yolotriton.pipeline import LocalPipeline
 from yolotriton.repository import (RepositoryError, RepositorySettings, auto_instances, model_configs,
                                    resolve_preprocess_in, spec_path, validate_repository)
 from yolotriton.server import TritonServer
@@ -90,10 +89,7 @@ def test_rerender_moves_the_preprocess_into_the_detector_and_back(whole_repo, tm
 
 
 def test_local_pipeline_reads_the_one_model_repository(whole_repo, built_repo, photos):
-    blobs = [p.read_bytes() for p in photos[:3]]
-    for a, b in zip(LocalPipeline(whole_repo)(blobs), LocalPipeline(built_repo)(blobs)):
-        np.testing.assert_array_equal(a.classes, b.classes)
-        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    assert_local_pipelines_agree(whole_repo, built_repo, photos)
 
 
 def _infer_raw(client, rgb):

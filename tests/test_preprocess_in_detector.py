@@ -48,6 +48,8 @@ def test_preprocess_in_detector_settings():
                                "output_map": {n: n for n in FINAL_OUTPUTS}}]
     with pytest.raises(RepositoryError, match="needs --nms detector"):
         RepositorySettings(decode="detector", preprocess_in="detector")
+    with pytest.raises(RepositoryError, match="--preprocess-in detector is an option of --target python"):
+        RepositorySettings(target="tensorrt", decode="detector", nms="detector", preprocess_in="detector")
     with pytest.raises(RepositoryError, match="preprocess in 'gpu'"):
         RepositorySettings(preprocess_in="gpu")
     # measured on an H100 (docs/results/gpu-h100-preprocess-in-detector.md): 6 per GPU fed it, 4 did not

@@ -133,6 +133,8 @@ class RepositorySettings:
         if self.preprocess_device == "gpu" and not self.detector_on_gpu:
             raise RepositoryError("--preprocess-device gpu needs the detector on the GPU "
                                   "(--detector-device gpu, or --target tensorrt)")
+        if self.preprocess_in == "detector" and self.target != "python":  # before the decode/nms checks it implies
+            raise RepositoryError("--preprocess-in detector is an option of --target python (the Python-backend detector)")
         if self.decode not in DECODE_STAGES:
             raise RepositoryError(f"decode {self.decode!r}: expected one of {', '.join(DECODE_STAGES)}")
         if self.decode == "detector" and self.target != "python":

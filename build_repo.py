@@ -10,6 +10,7 @@ See README.md for every flag. Exit status 2 with one line on stderr for bad inpu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -120,8 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def instance_counts(args, preprocess_device: str, detector_on_gpu: bool, target: str = "python"):
-    """--instances auto|P,D,Q plus the per-model overrides: (preprocess, detector, postprocess, reason)."""
+def instance_counts(args, s):
+    """--instances auto|P,D,Q plus the per-model overrides, for the repository layout `s` (RepositorySettings,
+    as resolved once the model is imported): the RepositorySettings fields of the three counts and the reason."""
     from yolotriton.build import local_host
     from yolotriton.repository import auto_instances
 
@@ -129,12 +131,8 @@ def instance_counts(args, preprocess_device: str, detector_on_gpu: bool, target:
         cores, gpus = local_host()
         cores = args.host_cores if args.host_cores is not None else cores
         gpus = args.host_gpus if args.host_gpus is not None else gpus
-        # --nms auto puts NMS into the Python GPU detector unless the model has no raw heads (known only later),
-        # and --preprocess-in auto the GPU preprocess with it
-        nms_in_detector = (target == "python" and args.detector_device == "gpu" and args.nms != "postprocess"
-                           and args.decode != "postprocess")
-        whole = nms_in_detector and preprocess_device == "gpu" and args.preprocess_in != "preprocess"
-        *counts, reason = auto_instances(cores, gpus, preprocess_device, detector_on_gpu, nms_in_detector, whole)
+        *counts, reason = auto_instances(cores, gpus, s.preprocess_device, s.detector_on_gpu,
+                                         s.nms == "detector", s.preprocess_in == "detector")
         reason = "auto: " + reason
     else:
         try:
@@ -148,7 +146,8 @@ def instance_counts(args, preprocess_device: str, detector_on_gpu: bool, target:
         reason += "; overridden by " + ", ".join(f"--{k}-instances {g}" for k, g in
                                                  zip(("preprocess", "detector", "postprocess"), given) if g is not None)
     counts = [g if g is not None else c for g, c in zip(given, counts)]
-    return counts[0], counts[1], counts[2], reason
+    return {"preprocess_instances": counts[0], "detector_instances": counts[1], "postprocess_instances": counts[2],
+            "instances_reason": reason}
 
 
 def main(argv=None) -> int:
@@ -175,19 +174,19 @@ def main(argv=None) -> int:
         # each stage placed in the detector needs the ones after it there too
         nms = "detector" if args.preprocess_in == "detector" and args.nms == "auto" else args.nms
         decode = "detector" if nms == "detector" and args.decode == "auto" else args.decode
-        counts = instance_counts(args, pre_device, on_gpu, target)
         repo = RepositorySettings(
             name=args.name, target=target, max_batch_size=args.max_batch_size,
             max_detections=args.max_detections, score_threshold=args.score_threshold,
             iou_threshold=args.iou_threshold, resize_mode=args.resize, max_pixels=args.max_pixels,
-            max_bytes=args.max_bytes, preprocess_instances=counts[0], detector_instances=counts[1],
-            postprocess_instances=counts[2], instances_reason=counts[3],
+            max_bytes=args.max_bytes,
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=args.detector_precision,
             preprocess_device=pre_device, letterbox_fill=args.letterbox_fill,
             decode="postprocess" if decode == "auto" else decode, nms="postprocess" if nms == "auto" else nms,
             preprocess_in="preprocess" if args.preprocess_in == "auto" else args.preprocess_in,
             cuda_wait=args.cuda_wait, cuda_graphs=args.cuda_graphs)
+        # checked here, before the slow stages; sized again once the model's layout is known (build's `instances`)
+        repo = dataclasses.replace(repo, **instance_counts(args, repo))
         layout = {"layout": args.layout, "anchors": args.anchors, "masks": args.masks, "scale_x_y": args.scale_x_y,
                   "new_coords": args.new_coords, "activated": args.activated,
                   "scale_x_y_applied": args.scale_x_y_applied, "box_format": args.box_format,
@@ -216,10 +215,9 @@ def main(argv=None) -> int:
         result = build(BuildOptions(source=source, repo=repo, output=output, opset=args.opset, parity_images=tuple(parity),
                            plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
                            plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=decode,
-                           nms=nms, preprocess_in=args.preprocess_in))
+                           nms=nms, preprocess_in=args.preprocess_in,
+                           instances=lambda resolved: instance_counts(args, resolved)))
         if deploy is not None:
-            import dataclasses
-
             from yolotriton.deploy import render_deploy
 
             if not args.deploy_model_repository and isinstance(result, str):

@@ -101,19 +101,20 @@ def test_instances_flags_reach_the_repository(built_repo, tmp_path, photos):
     from yolotriton.build import copy_repository, rerender
     from yolotriton.repository import read_settings
 
-    args = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2",
-                                  "--preprocess-in", "preprocess", "--postprocess-instances", "3"])
-    counts = build_repo.instance_counts(args, "gpu", True)
-    assert counts[:3] == (6, 8, 3) and "32 cores, 2 GPUs" in counts[3] and "--postprocess-instances 3" in counts[3]
-    assert "the detector does NMS" in counts[3]
-    args = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2"])
-    counts = build_repo.instance_counts(args, "gpu", True)
-    assert counts[:3] == (1, 12, 1) and "the detector is the whole pipeline" in counts[3]
-    args = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2", "--nms",
-                                  "postprocess"])
-    assert build_repo.instance_counts(args, "gpu", True)[:3] == (6, 6, 8)
-    args = build_repo.parse_args(["--instances", "5,1,2"])
-    assert build_repo.instance_counts(args, "cpu", False)[:3] == (5, 1, 2)
+    # counted for the layout the build resolved (after the import: only then are the model's heads known)
+    counts = lambda args, s: tuple(build_repo.instance_counts(build_repo.parse_args(args), s).values())
+    gpu = dict(detector_device="gpu", preprocess_device="gpu")
+    two_models = RepositorySettings(**gpu, decode="detector", nms="detector")
+    one_model = RepositorySettings(**gpu, decode="detector", nms="detector", preprocess_in="detector")
+    host = ["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2"]
+    *got, why = counts(host + ["--postprocess-instances", "3"], two_models)
+    assert got == [6, 8, 3] and "32 cores, 2 GPUs" in why and "--postprocess-instances 3" in why
+    assert "the detector does NMS" in why
+    *got, why = counts(host, one_model)
+    assert got == [1, 12, 1] and "the detector is the whole pipeline" in why
+    # a model whose outputs are already decoded keeps three models on the GPU, and gets their counts
+    assert counts(host, RepositorySettings(**gpu))[:3] == (6, 6, 8)
+    assert counts(["--instances", "5,1,2"], RepositorySettings())[:3] == (5, 1, 2)
     assert build_repo.main(["--instances", "5,x", "--output", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()
     repo = tmp_path / "r"

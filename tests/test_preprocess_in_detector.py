@@ -61,10 +61,10 @@ def test_cli_places_the_preprocess_and_sizes_the_detector(tmp_path, capsys):
     out = tmp_path / "repo"
     assert build_repo.main(["--preprocess-in", "detector", "--nms", "postprocess", "--output", str(out)]) != 0
     assert "needs --nms detector" in capsys.readouterr().err and not out.exists()
-    host = ["--detector-device", "gpu", "--host-cores", "16", "--host-gpus", "1"]
-    assert build_repo.instance_counts(build_repo.parse_args(host), "gpu", True)[:3] == (1, 6, 1)
-    kept = build_repo.parse_args(host + ["--preprocess-in", "preprocess"])
-    assert build_repo.instance_counts(kept, "gpu", True)[:3] == (3, 4, 1)
+    host = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "16", "--host-gpus", "1"])
+    counts = lambda s: tuple(build_repo.instance_counts(host, s).values())[:3]
+    assert counts(RepositorySettings(**GPU_NMS, preprocess_in="detector")) == (1, 6, 1)
+    assert counts(RepositorySettings(**GPU_NMS)) == (3, 4, 1)
 
 
 @pytest.fixture(scope="module")

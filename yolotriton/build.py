@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class BuildOptions:
     decode: str = "auto"  # --decode: auto | postprocess | detector (resolved once the model's layout is known)
     nms: str = "auto"  # --nms: auto | postprocess | detector (resolved after decode)
     preprocess_in: str = "auto"  # --preprocess-in: auto | preprocess | detector (resolved after nms)
+    # the instance counts (RepositorySettings fields) for the resolved layout: build_repo.instance_counts; None
+    # keeps the counts in `repo`
+    instances: Callable[[RepositorySettings], dict] | None = None
     log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
 
@@ -121,6 +125,8 @@ def _build_local(opts: BuildOptions) -> Path:
     s = dataclasses.replace(s, decode=resolve_decode(opts.decode, s, spec))
     s = dataclasses.replace(s, nms=resolve_nms(opts.nms, s))
     s = dataclasses.replace(s, preprocess_in=resolve_preprocess_in(opts.preprocess_in, s))
+    if opts.instances is not None:  # sized for the layout this model gets, known only now
+        s = dataclasses.replace(s, **opts.instances(s))
     if not opts.parity_images:
         raise ValueError("no images for the parity gate")
     batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode, s.letterbox_fill)

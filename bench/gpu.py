@@ -260,10 +260,10 @@ def report(args):
     levels = ints(args.concurrency)
     where = ("one model: preprocess and NMS in the detector" if settings.preprocess_in == "detector" else
              "NMS in the detector" if settings.nms == "detector" else "three models")
-    results = {f"GPU preprocess ({instance_summary(settings)} instances, {where})": served(args.repo, levels, tmp / "images.json", tmp, args.out, "gpu-pre",
-                                                    log, detector_alone=True,
-                                                    images_per_request=args.images_per_request,
-                                                    detector_batches=detector_batches)}
+    label = f"GPU preprocess ({instance_summary(settings)} instances, {where})"
+    results = {label: served(args.repo, levels, tmp / "images.json", tmp, args.out, "gpu-pre", log,
+                             detector_alone=True, images_per_request=args.images_per_request,
+                             detector_batches=detector_batches)}
 
     def variant(name: str, **changes) -> Path:
         """A copy of the repository beside it, re-rendered with `changes` (the weights are copied, not rebuilt)."""

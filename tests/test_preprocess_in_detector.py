@@ -145,3 +145,21 @@ def test_a_bad_image_fails_only_its_own_request(whole_repo, photos):
         for i in (0, 2, 4, 5):
             np.testing.assert_array_equal(got[i]["num_detections"], want["num_detections"])
         np.testing.assert_array_equal(infer_bytes(client, grpcclient, [good])["classes"], want["classes"])
+
+
+def test_request_preprocessor_names_the_bad_image_of_a_request(photos):
+    """preprocess.RequestPreprocessor in-process (CPU path), requests as dicts of their inputs."""
+    from yolotriton.preprocess import ImageError, RequestPreprocessor
+
+    params = {"input_width": "416", "input_height": "416", "resize_mode": "stretch", "max_pixels": "50000000",
+              "max_bytes": str(64 << 20), "device": "cpu"}
+    pre = RequestPreprocessor(params, "", log=lambda *_: None)
+    good = photos[0].read_bytes()
+    encoded = lambda *blobs: {"IMAGE": np.array([[b] for b in blobs], dtype=object)}
+    raw = {"RAW_IMAGE": np.zeros((1, 8, 8, 3), np.uint8)}
+    requests = [encoded(good, b"junk"), encoded(b"junk"), encoded(good, good), raw, {}]
+    got = pre(requests, lambda request, name: request.get(name))
+    assert str(got[0]).startswith("image 1 of the request: not a JPEG, PNG or BMP")
+    assert str(got[1]).startswith("not a JPEG, PNG or BMP")
+    assert got[2][0].shape == (2, 416, 416, 3) and got[3][0].shape == (1, 416, 416, 3)
+    assert isinstance(got[4], ImageError) and "neither IMAGE nor RAW_IMAGE" in str(got[4])

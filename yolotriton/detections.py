@@ -13,6 +13,7 @@ would cost milliseconds; the survivors cost microseconds). Class-aware NMS is Op
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -208,6 +209,15 @@ class Postprocessor:
         self.defaults = {"score_threshold": float(params["score_threshold"]),
                          "iou_threshold": float(params["iou_threshold"]),
                          "max_detections": int(params["max_detections"])}
+
+    @classmethod
+    def in_model_folder(cls, folder: str, params: dict[str, str]) -> "Postprocessor":
+        """The served model's: spec.json from its version folder, and OpenCV on one thread (the NMS of one
+        request at a time per stub instance; the cores belong to the other instances)."""
+        with open(os.path.join(folder, "spec.json")) as f:
+            post = cls(json.load(f), params)
+        cv2.setNumThreads(1)
+        return post
 
     def settings(self, request_parameters: str) -> dict:
         """The settings of a request whose parameters are `request_parameters` (Triton's JSON text, maybe empty);

@@ -145,7 +145,7 @@ class GpuPreprocessor:
                     if fmt == "jpeg":
                         jpegs.append(row[-1])
                 except ImageError as e:
-                    row.append(ImageError(f"image {i} of the request: {e}" if len(items) > 1 else str(e)))
+                    row.append(e.in_request(i, len(items)))
             checked.append(row)
         if jpegs:
             streams = [self.nvimgcodec.CodeStream(item[0]) for item in jpegs]
@@ -168,7 +168,7 @@ class GpuPreprocessor:
                     keep.append(img)  # alive until the stream is synchronized
                     meta[i] = self.resizer.into(img, wh, out.data_ptr() + i * self.resizer.slot_bytes)
             except ImageError as e:
-                results.append(ImageError(f"image {i} of the request: {e}" if len(row) > 1 else str(e)))
+                results.append(e.in_request(i, len(row)))
                 continue
             results.append((out, meta))
         _cuda_check(self.cudart.cudaStreamSynchronize(self.stream))

@@ -35,6 +35,10 @@ _scratch = threading.local()
 class ImageError(ValueError):
     """The bytes or array are not an image this service accepts; the message says why."""
 
+    def in_request(self, index: int, count: int) -> "ImageError":
+        """The error as its request reports it: which of the request's `count` images failed, when it has several."""
+        return ImageError(f"image {index} of the request: {self}") if count > 1 else self
+
 
 def image_size(data: bytes) -> tuple[str, int, int]:
     """(format, width, height) from a JPEG, PNG or BMP header, without decoding."""

@@ -86,5 +86,5 @@ class RequestPreprocessor:
             try:
                 _, meta[i] = run(item, batch[i])
             except ImageError as e:
-                return ImageError(f"image {i} of the request: {e}" if len(items) > 1 else str(e))
+                return e.in_request(i, len(items))
         return batch, meta

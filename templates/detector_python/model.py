@@ -65,12 +65,9 @@ class TritonPythonModel:
         self.post = None
         produced = self.detector.output_names
         if params.get("nms") == "on":
-            import cv2
             from detections import FINAL_OUTPUTS, Postprocessor
 
-            with open(os.path.join(here, "spec.json")) as f:
-                self.post = Postprocessor(json.load(f), params)
-            cv2.setNumThreads(1)
+            self.post = Postprocessor.in_model_folder(here, params)
             if set(self.post.decoder.output_names) != set(produced):
                 raise pb_utils.TritonModelException(f"the postprocess wants {self.post.decoder.output_names}, "
                                                     f"the model gives {produced}")

@@ -9,7 +9,6 @@ configured maximum) through request parameters.
 import json
 import os
 
-import cv2
 import triton_python_backend_utils as pb_utils
 
 from detections import Postprocessor
@@ -20,9 +19,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        with open(os.path.join(here, "spec.json")) as f:
-            self.post = Postprocessor(json.load(f), params)
-        cv2.setNumThreads(1)
+        self.post = Postprocessor.in_model_folder(here, params)
 
     def execute(self, requests):
         responses = []

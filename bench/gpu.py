@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """GPU host benchmark, in one run: the served ensemble (perf_analyzer, JPEG bytes in, concurrency sweep)
-against in-process ONNX Runtime CUDA on the same GPU, with the CPU cost of every server process.
+against the hardware's own ceilings on the same GPU, with the CPU cost of every server process and the
+GPU time of every stage inside the stubs.
 
   python bench/gpu.py --repo R --photos DIR --out DIR [--concurrency 1,8,32,64,128] [--cpu-preprocess N]
 
 R is a repository built with --detector-device gpu (GPU preprocess by default). Rows, all measured here:
-- in-process ORT CUDA, batch 1 and 8 (the detector's model.onnx; numpy in, numpy out), and batch 8 through
-  OrtDetector with its CUDA graph (the served detector's engine);
+- the ceilings (bench/ceilings.py): the JPEG decode alone (nvImageCodec: hardware decoder, CUDA, both; batch
+  8..128) and the network alone with its input on the GPU (IO binding + CUDA graph, batch 8..128; FP32, and
+  FP16 where the repository has model.fp16.onnx), each at its best. The ratio column is served images/s
+  over min(decode ceiling, network ceiling in the precision the repository serves);
+- stage times inside the stubs under load (YOLOTRITON_STAGE_TIMES, yolotriton/stage_times.py): GPU and CPU
+  ms per image of decode, resize, input copy, network, candidates, copy to the host and NMS;
 - the served ensemble (perf_analyzer over gRPC, --input-data with the photos' JPEG bytes) at each
   concurrency, with GPU utilisation sampled by nvidia-smi during each level;
 - CPU ms per image of tritonserver and of each model's stubs at the best concurrency (perf_analyzer's own
@@ -39,27 +44,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 
+import ceilings  # noqa: E402
 import run  # noqa: E402  (perf_input_file, cpu_breakdown: the same measurement as make bench)
+from yolotriton import stage_times  # noqa: E402
 from yolotriton.repository import read_settings  # noqa: E402
 
-
-def in_process(model: Path, batch: np.ndarray, seconds: float) -> tuple[float, float]:
-    import onnxruntime as ort
-
-    cuda = {"cudnn_conv_algo_search": "HEURISTIC"}
-    sess = ort.InferenceSession(str(model), providers=[("CUDAExecutionProvider", cuda)])
-    assert sess.get_providers()[0] == "CUDAExecutionProvider", sess.get_providers()
-    ips, lat = run.rate(lambda: sess.run(None, {"images": batch}), len(batch), seconds)
-    return ips, statistics.median(lat)
-
-
-def in_process_graphs(model: Path, batch: np.ndarray, seconds: float) -> tuple[float, float]:
-    """The served detector's engine in-process: OrtDetector with its CUDA graph for this batch size."""
-    from yolotriton.ort_detector import OrtDetector
-
-    det = OrtDetector(str(model), None, max_batch=len(batch), cuda=True, cuda_wait="spin")
-    ips, lat = run.rate(lambda: det([batch]), len(batch), seconds)
-    return ips, statistics.median(lat)
+MPS_NOTES: set[str] = set()
+STAGES = ("decode", "resize", "input", "network", "candidates", "to_host", "nms", "outputs")
 
 
 class GpuSampler:
@@ -123,7 +114,7 @@ def stage_lines(before: dict, after: dict) -> list[str]:
 def sweep(server, levels, images_json: Path, tmp: Path, log, images_per_request: int = 1) -> list[dict]:
     rows = []
     for c in levels:
-        before = model_stats(server)
+        before, times_before = model_stats(server), stage_times.read_sums(os.environ.get(stage_times.ENV, ""))
         try:
             with GpuSampler() as gpu:
                 got = run.perf_analyzer(server, "yolov4", tmp / f"c{c}.csv",
@@ -137,6 +128,15 @@ def sweep(server, levels, images_json: Path, tmp: Path, log, images_per_request:
         log(f"    GPU utilisation (median of nvidia-smi samples): {gpu.median:.0f}%")
         for line in stage_lines(before, model_stats(server)):
             log(line)
+        time.sleep(1.2)  # the stubs write their sums at most once a second
+        executes, n, stages = stage_times.summarize(times_before, stage_times.read_sums(os.environ.get(stage_times.ENV, "")))
+        if n:
+            for r in got:
+                r["stages"] = {k: (g / n, c / n) for k, (g, c) in stages.items()}
+                r["mean_batch"] = n / max(executes, 1)
+            log(f"    stages, GPU / CPU ms per image (mean batch {n / max(executes, 1):.1f}): " + ", ".join(
+                f"{k} {g / n:.3f}/{c / n:.3f}" for k, (g, c) in sorted(stages.items(), key=lambda kv: STAGES.index(kv[0])
+                                                                       if kv[0] in STAGES else 99)))
         rows += got
     if not rows:
         raise RuntimeError("no concurrency level completed")
@@ -149,6 +149,7 @@ def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: s
 
     res = {}
     with TritonServer(repo, log_path=out / f"tritonserver-{label}.log") as server:
+        MPS_NOTES.add(server.daemon.note)
         log(f"[gpu] {label}: served ensemble, perf_analyzer, JPEG bytes in")
         rows = sweep(server, levels, images_json, tmp, log)
         best = max(rows, key=lambda r: float(r["Inferences/Second"]))
@@ -206,26 +207,20 @@ def main():
                     help="also send N JPEGs per request (perf_analyzer -b N) at the best concurrency / N, with its "
                          "CPU per image")
     ap.add_argument("--detector-batches", default="",
-                    help="e.g. 1,2,3,8: in-process ORT CUDA and the served detector alone (one request at a time) "
-                         "at each batch size")
+                    help="e.g. 1,2,3,8: the served detector alone (one request at a time) at each batch size")
+    ap.add_argument("--decode-batches", default="8,16,32,64,128", help="batch sizes for the decode ceiling")
+    ap.add_argument("--network-batches", default="8,16,32,64,128", help="batch sizes for the network ceiling")
+    ap.add_argument("--ceiling-seconds", type=float, default=1.5, help="time per ceiling measurement")
     ap.add_argument("--also", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                     help="also serve a re-rendered copy with these settings (e.g. nms=postprocess); repeatable")
     ap.add_argument("--also-concurrency", default="", help="levels for the --also variants (default: the top two)")
-    ap.add_argument("--mps", action="store_true",
-                    help="run the servers under NVIDIA MPS (started here, stopped at the end): the stubs' CUDA "
-                         "contexts then share the GPU instead of being time-sliced")
+    ap.add_argument("--mps", choices=("auto", "off"), default="auto",
+                    help="auto: each server under its own NVIDIA MPS daemon, as the tritonserver wrapper serves on a "
+                         "GPU host (yolotriton/mps.py); off: without")
     args = ap.parse_args()
-    if args.mps:
-        subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
-        time.sleep(1)
-    try:
-        report(args)
-    finally:
-        if args.mps:
-            try:  # quit waits for MPS clients; a stub left behind must not hang the run
-                subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, timeout=20)
-            except subprocess.TimeoutExpired:
-                print("[gpu] MPS control daemon did not quit within 20 s", flush=True)
+    os.environ["YOLOTRITON_MPS"] = args.mps
+    os.environ.setdefault(stage_times.ENV, tempfile.mkdtemp(prefix="stage-times-"))
+    report(args)
 
 
 def report(args):
@@ -246,17 +241,27 @@ def report(args):
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
     log(f"[gpu] {gpu}; ONNX Runtime {ort.__version__}; {os.cpu_count()} cores; {len(blobs)} photos; model {size}")
-    x1 = images.preprocess_bytes(blobs[0], *size)[0][None]
-    model = args.repo / "yolov4_detector" / "1" / "model.onnx"
-    inproc = {}
     ints = lambda text: [int(v) for v in text.split(",") if v]
     detector_batches = ints(args.detector_batches)
-    for b in sorted({1, 8, *detector_batches}):
-        inproc[b] = in_process(model, np.repeat(x1, b, axis=0), args.seconds)
-        log(f"[gpu] in-process ORT CUDA b{b}: {inproc[b][0]:.1f} img/s, p50 {inproc[b][1]:.2f} ms")
-    graphed = in_process_graphs(model, np.repeat(x1, 8, axis=0), args.seconds)
-    log(f"[gpu] in-process ORT CUDA graphs b8 (the served detector's engine): {graphed[0]:.1f} img/s, "
-        f"p50 {graphed[1]:.2f} ms")
+    folder = args.repo / "yolov4_detector" / "1"
+    log("[gpu] ceilings: each stage alone at its best")
+    decode_rows = ceilings.decode_ceiling(blobs, args.ceiling_seconds, ints(args.decode_batches), log=log)
+    network = {}
+    for precision, name in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx")):
+        if (folder / name).is_file():
+            network[precision] = ceilings.network_ceiling(str(folder / name), ints(args.network_batches),
+                                                          seconds=args.ceiling_seconds, log=log, label=f" {precision}")
+    engine = {}
+    if (folder / "candidates.onnx").is_file():  # what the served engine adds on the GPU: the heads' decode + top-K
+        served_model = folder / ("model.fp16.onnx" if settings.detector_precision == "fp16" else "model.onnx")
+        engine = {r["batch"]: r for r in ceilings.network_ceiling(
+            str(served_model), [b for b in (8, 64) if b in ints(args.network_batches)],
+            candidates=str(folder / "candidates.onnx"), seconds=args.ceiling_seconds, log=log,
+            label=f" {settings.detector_precision}")}
+    decode_best = ceilings.best(decode_rows)
+    network_best = ceilings.best(network.get(settings.detector_precision, []))
+    ceiling = min(r["images_per_s"] for r in (decode_best, network_best) if r) if (decode_best or network_best) \
+        else float("nan")
     levels = ints(args.concurrency)
     where = ("one model: preprocess and NMS in the detector" if settings.preprocess_in == "detector" else
              "NMS in the detector" if settings.nms == "detector" else "three models")
@@ -289,23 +294,38 @@ def report(args):
         also_levels = ints(args.also_concurrency) or levels[-2:]
         results[also] = served(variant(f"repo-also-{i}", **changes), also_levels, tmp / "images.json", tmp, args.out, f"also-{i}", log)
 
-    best_inproc = max(graphed[0], *(v[0] for v in inproc.values()))
+    best_inproc = ceiling  # every ratio below: served / min(decode ceiling, network ceiling)
     lines = [f"# GPU host benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"`{' '.join(sys.argv)}`", "",
              f"GPU: {gpu}; ONNX Runtime {ort.__version__}; {os.cpu_count()} cores; {len(blobs)} photos (JPEG); "
-             f"model input {size[0]}x{size[1]}, {len(spec.get('heads') or ())} heads; MPS "
-             f"{'on' if args.mps else 'off'} for the served rows.", "",
-             "| path | images/s | p50 ms | ratio to best in-process |", "|---|---|---|---|"]
-    for b, (ips, p50) in inproc.items():
-        lines.append(f"| in-process ORT CUDA, batch {b} | {ips:.1f} | {p50:.2f} | {ips / best_inproc:.2f} |")
-    lines.append(f"| in-process ORT CUDA graphs (OrtDetector), batch 8 | {graphed[0]:.1f} | {graphed[1]:.2f} | "
-                 f"{graphed[0] / best_inproc:.2f} |")
+             f"model input {size[0]}x{size[1]}, {len(spec.get('heads') or ())} heads; served precision "
+             f"{settings.detector_precision}, max batch {settings.max_batch_size}; MPS for the served rows: "
+             f"{'; '.join(sorted(MPS_NOTES))}.", "",
+             f"Ceiling = min(decode alone at its best, network alone at its best in {settings.detector_precision}) = "
+             f"**{ceiling:.0f} img/s**; the ratio column is images/s over it.", "",
+             "| path | images/s | p50 ms | ratio to the ceiling |", "|---|---|---|---|"]
+    for r in decode_rows:
+        star = " **(best)**" if r is decode_best else ""
+        lines.append(f"| decode alone, nvImageCodec {r['backend']}, batch {r['batch']}{star} | {r['images_per_s']:.0f} | | "
+                     f"{r['images_per_s'] / ceiling:.2f} |")
+    for precision, rows_ in network.items():
+        top = ceilings.best(rows_)
+        for r in rows_:
+            star = " **(best)**" if r is top else ""
+            lines.append(f"| network alone {precision}, input on the GPU, IO binding + CUDA graph, batch {r['batch']}{star} "
+                         f"| {r['images_per_s']:.0f} | | {r['images_per_s'] / ceiling:.2f} |")
+    for b, r in engine.items():
+        lines.append(f"| network {settings.detector_precision} + candidates.onnx (the served engine's GPU work), batch {b} "
+                     f"| {r['images_per_s']:.0f} | | {r['images_per_s'] / ceiling:.2f} |")
+    stage_rows = []
     for label, r in results.items():
         for row in r["rows"]:
             ips = float(row["Inferences/Second"])
             per = f", {row['images_per_request']} images per request" if row["images_per_request"] > 1 else ""
             lines.append(f"| served ensemble, {label}, concurrency {row['Concurrency']}{per} (GPU {row['gpu_util']:.0f}%) "
                          f"| {ips:.1f} | {int(row['p50 latency']) / 1000:.1f} | {ips / best_inproc:.2f} |")
+            if row.get("stages"):
+                stage_rows.append((f"{label}, concurrency {row['Concurrency']}{per}", row))
         for b, (ips, p50) in r.get("detector_batches", {}).items():
             lines.append(f"| served detector alone, {label}, batch {b}, one request at a time | {ips:.1f} | {p50:.2f} | "
                          f"{ips / best_inproc:.2f} |")
@@ -319,6 +339,14 @@ def report(args):
             nms = " (with its NMS, random image_meta)" if settings.nms == "detector" else ""
             lines.append(f"| served detector alone{nms}, batch 8, {shm} shared memory | {ips:.1f} | | "
                          f"{ips / best_inproc:.2f} |")
+    if stage_rows:
+        names = [k for k in STAGES if any(k in r["stages"] for _, r in stage_rows)]
+        lines += ["", "Stage times inside the stubs under load, GPU ms / CPU ms per image (CUDA events on the "
+                      "instance's stream; CPU = the stub thread's CPU time):", "",
+                  "| served | mean batch | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for name, r in stage_rows:
+            lines.append(f"| {name} | {r['mean_batch']:.1f} | " + " | ".join(
+                "{:.3f} / {:.3f}".format(*r["stages"][k]) if k in r["stages"] else "" for k in names) + " |")
     cpu_tables = [(label, r) for label, r in results.items()]
     cpu_tables += [(f"{label}, {args.images_per_request} images per request", r["batched"])
                    for label, r in results.items() if "batched" in r]

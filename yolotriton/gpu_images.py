@@ -17,9 +17,10 @@ import numpy as np
 import onnxruntime as ort
 
 try:  # in the package (tests)
-    from . import images
+    from . import images, stage_times
 except ImportError:  # copied into the preprocess model folder beside images.py
     import images
+    import stage_times
 ImageError = images.ImageError
 
 
@@ -128,6 +129,7 @@ class GpuPreprocessor:
                                               allow_any_depth=False,
                                               sample_format=nvimgcodec.SampleFormat.I_RGB)
         self.nvimgcodec = nvimgcodec
+        self.times = stage_times.OFF  # the stub sets a StageTimes to measure decode and resize under load
 
     def __call__(self, requests: list[list[bytes]]):
         """Per request: (OrtValue float32 [n, H, W, 3] on the GPU, meta [n, 6]) or the ImageError it failed with."""
@@ -151,6 +153,7 @@ class GpuPreprocessor:
             streams = [self.nvimgcodec.CodeStream(item[0]) for item in jpegs]
             for item, img in zip(jpegs, self.decoder.decode(streams, params=self.params, cuda_stream=self.stream)):
                 item[3] = img
+        self.times.mark("decode", self.stream)
         results, keep = [], []
         for row in checked:
             err = next((x for x in row if isinstance(x, ImageError)), None)
@@ -171,5 +174,6 @@ class GpuPreprocessor:
                 results.append(e.in_request(i, len(row)))
                 continue
             results.append((out, meta))
+        self.times.mark("resize", self.stream)
         _cuda_check(self.cudart.cudaStreamSynchronize(self.stream))
         return results

@@ -24,6 +24,11 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
+try:  # in the package (tests)
+    from . import stage_times
+except ImportError:  # copied into the detector's model folder
+    import stage_times
+
 
 class OrtDetector:
     """`detector(parts)` -> the batch's outputs on the host (output_names order); parts are the requests' inputs."""
@@ -45,6 +50,7 @@ class OrtDetector:
                     log(f"cudaSetDeviceFlags(BlockingSync) failed ({err}): waits spin instead")
             self.stream = int(self._check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
         self.intra_op_threads = intra_op_threads
+        self.times = stage_times.OFF  # the stub sets a StageTimes to measure its stages under load
         self.graphs: dict[int, _GraphSlot] = {}
         self.host: list[np.ndarray] = []
         if cuda and cuda_graphs:
@@ -234,10 +240,14 @@ class _GraphSlot:
         offset = 0
         for p in parts:
             offset += det._copy_part(self.input.data_ptr() + offset, p)
+        det.times.mark("input")
         det.session.run_with_iobinding(self.binding, self.run_options)
+        det.times.mark("network")
         if det.candidates is not None:
             det.candidates.run_with_iobinding(self.candidate_binding, self.run_options)
+            det.times.mark("candidates")
         for h, v in zip(self.host, self.outputs):
             det.copy_async(h.ctypes.data, v.data_ptr(), h.nbytes)
         det._check(det.cudart.cudaStreamSynchronize(det.stream))
+        det.times.mark("to_host")
         return list(self.host)

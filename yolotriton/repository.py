@@ -296,6 +296,7 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
         from .resize_graph import write_resize_onnx
 
         shutil.copy(PACKAGE_DIR / "gpu_images.py", pre / "gpu_images.py")
+        shutil.copy(PACKAGE_DIR / "stage_times.py", pre / "stage_times.py")
         write_resize_onnx(pre / "resize.onnx", s.letterbox_fill)
     if s.nms == "detector":  # the detector does the postprocess's work: its code, spec and labels go there
         shutil.rmtree(root / s.postprocess, ignore_errors=True)  # re-rendering a three-model repository
@@ -311,6 +312,7 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
     if s.target == "python":
         shutil.copy(TEMPLATES / "detector_python" / "model.py", det / "model.py")
         shutil.copy(PACKAGE_DIR / "ort_detector.py", det / "ort_detector.py")
+        shutil.copy(PACKAGE_DIR / "stage_times.py", det / "stage_times.py")
         (det / "candidates.onnx").unlink(missing_ok=True)  # re-rendering with --decode postprocess
         if s.decode == "detector":
             from .candidates_graph import write_candidates_onnx

@@ -6,7 +6,10 @@ Two entry points:
   environment, so `tritonserver --model-repository model_repository` works as in NVIDIA's images.
 - `TritonServer` starts/stops that command on free loopback ports (tests, benchmarks).
 
-Two measured pitfalls are handled here rather than documented away:
+Three measured pitfalls are handled here rather than documented away:
+- On a GPU host the server runs under an NVIDIA MPS control daemon of its own (mps.py), started
+  before it and quit after it: without MPS the stubs' CUDA contexts time-slice the GPU (half the
+  throughput). YOLOTRITON_MPS=off serves without it.
 - The Python backend stub finds its packages by looking up `python3` on PATH (it reads that venv's
   pyvenv.cfg). The wrapper puts this venv first on PATH, whatever the caller's PATH.
 - With numpy 2 in the stub's environment every Python-backend output arrives empty, without an
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +27,9 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .mps import ENV_SWITCH as MPS_SWITCH
+from .mps import MpsDaemon
 
 DEFAULTS = {  # applied unless the caller passes the flag: loopback only, no remote model loading
     "--http-address": "127.0.0.1",
@@ -120,14 +127,27 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--help" in args or "-h" in args:
         print("tritonserver (yolotriton wrapper): runs nvidia-pytriton's Triton Inference Server with the Python "
-              "backend environment of this venv.\nDefaults added unless given: "
+              "backend environment of this venv, under an NVIDIA MPS daemon of its own on a GPU host "
+              f"({MPS_SWITCH}=off: without).\nDefaults added unless given: "
               + " ".join(f"{k}={v}" for k, v in DEFAULTS.items()) + "\nTriton's own help follows.\n", flush=True)
     try:
         cmd, env = server_command(args)
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    os.execve(cmd[0], cmd, env)
+    mps = MpsDaemon(gpu_ids())
+    extra = mps.start()
+    if not extra:  # nothing to stop afterwards: become the server
+        os.execve(cmd[0], cmd, env)
+    proc = subprocess.Popen(cmd, env={**env, **extra})
+    forward = lambda signum, _frame: proc.send_signal(signum)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)  # Ctrl-C / kubelet's TERM go to the server, which drains and exits
+    try:
+        rc = proc.wait()
+    finally:
+        mps.stop()
+    sys.exit(rc if rc >= 0 else 128 - rc)
 
 
 # --------------------------------------------------------------------------- lifecycle for tests and benchmarks
@@ -148,7 +168,9 @@ class TritonServer:
     http_port: int = 0  # 0: free loopback ports are picked (and picked again if a start loses the race)
     grpc_port: int = 0
     metrics_port: int = 0
+    mps: str | None = None  # auto | off; None: $YOLOTRITON_MPS, default auto (on a GPU host with MPS installed)
     process: subprocess.Popen | None = None
+    daemon: MpsDaemon | None = None
 
     def __post_init__(self):
         self._auto_ports = not (self.http_port or self.grpc_port or self.metrics_port)
@@ -173,17 +195,24 @@ class TritonServer:
             self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         # A port picked free can be taken before tritonserver binds it (seen once in CI: an early exit).
         # With picked ports, an early exit is retried on new ones; ports the caller chose are kept.
+        self.daemon = MpsDaemon(gpu_ids(), mode=self.mps)
+        mps_env = self.daemon.start()
         for attempt in range(3 if self._auto_ports else 1):
             args = [f"--model-repository={self.model_repository}", f"--http-port={self.http_port}",
                     f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", *self.extra_args]
-            cmd, env = server_command(args)
+            try:
+                cmd, env = server_command(args)
+            except ServerError:
+                self.daemon.stop()
+                raise
             with open(self.log_path, "w") as out:
-                self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+                self.process = subprocess.Popen(cmd, env={**env, **mps_env}, stdout=out, stderr=subprocess.STDOUT)
             try:
                 self.wait_ready(timeout)
                 return self
             except ServerError as e:
                 if not self._auto_ports or attempt == 2 or "before it was ready" not in str(e):
+                    self.stop()
                     raise
                 self._pick_ports()
         return self
@@ -215,6 +244,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.daemon is not None:
+            self.daemon.stop()
 
     def __enter__(self) -> "TritonServer":
         return self.start()

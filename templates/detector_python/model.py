@@ -26,6 +26,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from ort_detector import OrtDetector, rows
+from stage_times import StageTimes
 
 
 def _host(tensor):
@@ -61,6 +62,11 @@ class TritonPythonModel:
             intra_op_threads=int(params.get("intra_op_threads", "1")), cuda_wait=params.get("cuda_wait", "spin"),
             cuda_graphs=params.get("cuda_graphs", "on") == "on", log=pb_utils.Logger.log_warn)
         self.input_name = self.detector.input_name
+        # YOLOTRITON_STAGE_TIMES=DIR: CUDA-event times of each stage under load (bench/gpu.py reads them)
+        self.times = StageTimes.for_process(self.detector.cudart, self.detector.stream, args["model_instance_name"])
+        self.detector.times = self.times
+        if self.preprocess is not None and self.preprocess.gpu is not None:
+            self.preprocess.gpu.times = self.times
         self.output_names = [o["name"] for o in config["output"]]
         self.post = None
         produced = self.detector.output_names
@@ -76,6 +82,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"config outputs {self.output_names} differ from {produced}")
 
     def execute(self, requests):
+        self.times.start()
         settings = [None] * len(requests)
         responses = [None] * len(requests)
         if self.post is not None:  # a request with bad settings fails alone, before the batch runs
@@ -99,6 +106,7 @@ class TritonPythonModel:
                      for i, t in tensors.items()}
         if not live:
             return responses
+        images = sum(rows(parts[i]) for i in live)
         outputs = dict(zip(self.detector.output_names, self.detector([parts[i] for i in live])))
         start = 0
         for i in live:
@@ -110,4 +118,6 @@ class TritonPythonModel:
                     pb_utils.get_input_tensor_by_name(requests[i], "image_meta"))
                 mine = self.post(mine, meta, settings[i])
             responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(name, mine[name]) for name in self.output_names])
+        self.times.mark("nms" if self.post is not None else "outputs")
+        self.times.finish(images)
         return responses

@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     lay.add_argument("--class-column", type=int, help="decoded, one output: first class-score column")
     lay.add_argument("--num-classes", type=int, help="nms: class count when no --names is given")
     lay.add_argument("--input-size", type=int, help="input height=width when the model leaves it open")
+    lay.add_argument("--accept-layout", action="store_true",
+                     help="build even when the layout gate doubts the layout (its findings are logged as warnings); "
+                          "for a layout you have checked, e.g. with `python -m client detect --out`")
     lay.add_argument("--custom-objects", help="module name or .py file to import before loading a .keras/.h5 "
                                               "(defines or registers its custom layers and Lambda functions)")
     out = p.add_argument_group("repository")
@@ -194,7 +197,8 @@ def main(argv=None) -> int:
                   "box_column": args.box_column, "objectness_column": args.objectness_column,
                   "class_column": args.class_column, "num_classes": args.num_classes, "input_size": args.input_size}
         source = ImportOptions(cfg=args.cfg, weights=args.weights, keras=args.keras, names=args.names,
-                               layout_file=args.layout_file, layout=layout, custom_objects=args.custom_objects)
+                               layout_file=args.layout_file, layout=layout, custom_objects=args.custom_objects,
+                               accept_layout=args.accept_layout)
         parity = args.parity_images
         if not (args.cfg or args.weights or args.keras) or not parity:
             default = default_model()

@@ -177,6 +177,15 @@ def test_hhk7734_heads_with_anchors_alone_are_refused(layouts_repo, capsys, tmp_
     assert "--activated xy,obj,cls" in err and "--scale-x-y-applied" in err, err
 
 
+def test_accept_layout_lets_a_doubtful_layout_through_with_a_warning(layouts_repo, capsys, tmp_path, photos):
+    out = tmp_path / "accepted"
+    assert build_repo.main(["--keras", str(layouts_repo[0] / "hhk.keras"), "--anchors", "yolov4-tiny",
+                            "--accept-layout", "--parity-images", *map(str, photos[:2]), "--output", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "warning (--accept-layout)" in log and "--activated xy,obj,cls" in log, log
+    assert (out / "yolov4" / "config.pbtxt").is_file()
+
+
 def test_wrong_activation_claim_is_refused(layouts_repo, capsys, tmp_path):
     err = _refused(capsys, ["--keras", str(layouts_repo[0] / "rank5.keras"), "--anchors", "yolov4-tiny",
                             "--activated", "obj"], tmp_path)

@@ -24,7 +24,7 @@ from .importer import ImportOptions, import_model
 from .plan import DEFAULT_NGC_TAG, PlanError, PlanOptions
 from .repository import (RepositorySettings, read_settings, render_repository, resolve_decode, resolve_nms,
                          resolve_preprocess_in, spec_path, validate_repository)
-from .spec import DetectorSpec
+from .spec import DetectorSpec, SpecError
 
 WEIGHT_FILES = ("model.onnx", "model.fp16.onnx", "model.plan")
 REPO_README = """# model_repository/
@@ -141,10 +141,16 @@ def _build_local(opts: BuildOptions) -> Path:
 
         onnx_path = staging / s.detector / "1" / "model.onnx"
         parity = export_onnx(det, onnx_path, work, opts.opset, batch, log)
+        spec = det.spec  # the export found whether the outputs' shape depends on the image (spec.per_image)
+        if spec.per_image and s.target != "python":
+            raise SpecError(f"this model's output shape depends on the image, so Triton's {s.target} backend cannot "
+                            "batch it and any two requests batched together would fail: serve it with --target python "
+                            "(each image run alone)")
         from .layout_gate import check_layout
 
         t = time.perf_counter()
-        for line in check_layout(spec, parity.onnx_outputs, s.score_threshold):
+        for line in check_layout(spec, parity.onnx_outputs, s.score_threshold, declared=det.declared_layout,
+                                 accept=det.accept_layout):
             log(f"[layout] {line.strip()} ({time.perf_counter() - t:.1f}s)")
         if s.target == "tensorrt":
             _tensorrt_stage(opts, spec, onnx_path, batch, work, staging)

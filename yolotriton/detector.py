@@ -21,6 +21,8 @@ class ImportedDetector:
     source: str
     call: Callable | None = None  # images tensor -> list of outputs in spec order; default: model(x)
     trackable: object = None  # what a SavedModel must keep alive (variables)
+    declared_layout: bool = False  # the source states the layout exactly (a darknet cfg): the layout gate only informs
+    accept_layout: bool = False  # --accept-layout: the user vouches for the layout; the gate's doubts become warnings
 
     def __call__(self, images):
         if self.call is not None:

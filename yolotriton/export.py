@@ -6,6 +6,7 @@ spec name (`head_0`.. or `detections` / `boxes`,`scores`), whatever names tf2onn
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .detector import ImportedDetector
+from .ort_detector import pad_stack
 from .spec import INPUT_NAME
 
 PARITY_RTOL = 1e-4  # max|diff| <= 1e-4 * max(1, max|keras|), per output
@@ -123,12 +125,38 @@ def name_tensors(onnx_path: Path, det: ImportedDetector) -> None:
     onnx.save(model, str(onnx_path))
 
 
-def check_parity(det: ImportedDetector, onnx_path: Path, images: np.ndarray) -> ParityReport:
+def free_output_dims(onnx_path: Path) -> dict[str, list]:
+    """Outputs whose per-image dims are not fixed in the exported graph (name -> its dims, '?' where free)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    free = {}
+    for o in model.graph.output:
+        dims = [d.dim_value if d.HasField("dim_value") else "?" for d in o.type.tensor_type.shape.dim][1:]
+        if "?" in dims:
+            free[o.name] = dims
+    return free
+
+
+def check_parity(det: ImportedDetector, onnx_path: Path, images: np.ndarray, per_image: bool = False) -> ParityReport:
+    """ONNX Runtime vs the source model on the parity images; with per_image, one image per call (a model
+    whose output shape depends on the image cannot run a batch of two)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {INPUT_NAME: images})))
-    ref = det.predict(images)
+    names = [o.name for o in sess.get_outputs()]
+    if per_image:
+        got_each = [dict(zip(names, sess.run(None, {INPUT_NAME: images[i:i + 1]}))) for i in range(len(images))]
+        ref_each = [det.predict(images[i:i + 1]) for i in range(len(images))]
+        for i, (g, r) in enumerate(zip(got_each, ref_each)):
+            for name in r:
+                if g[name].shape != r[name].shape:
+                    raise ExportError(f"ONNX output {name} has shape {g[name].shape} on parity image {i}, the source "
+                                      f"model {r[name].shape}")
+        got, ref = pad_stack(got_each), pad_stack(ref_each)
+    else:
+        got = dict(zip(names, sess.run(None, {INPUT_NAME: images})))
+        ref = det.predict(images)
     report = {}
     for name, r in ref.items():
         g = got[name]
@@ -154,8 +182,13 @@ def export_onnx(det: ImportedDetector, onnx_path: Path, workdir: Path, opset: in
     convert_savedmodel(saved, onnx_path, opset, log)
     name_tensors(onnx_path, det)
     log(f"[export] ONNX (opset {opset}) written and checked in {time.perf_counter() - t:.1f}s")
+    free = free_output_dims(onnx_path)
+    if free and not det.spec.heads:  # decoded outputs whose count is left open: they may change with the image
+        det.spec = dataclasses.replace(det.spec, per_image=True)
+        log(f"[export] outputs {', '.join(f'{k} {v}' for k, v in free.items())} can change shape with the image: each "
+            "image is run alone and its outputs padded with zero rows, so no request depends on another")
     t = time.perf_counter()
-    report = check_parity(det, onnx_path, parity_images)
+    report = check_parity(det, onnx_path, parity_images, per_image=det.spec.per_image)
     log(f"[export] parity, Keras vs ONNX Runtime on {len(parity_images)} images ({time.perf_counter() - t:.1f}s):")
     for line in report.lines():
         log(line)

@@ -31,6 +31,7 @@ class ImportOptions:
     layout_file: Path | None = None  # JSON with any of the keys below
     layout: dict = field(default_factory=dict)  # raw|decoded|nms, anchors, masks, scale_x_y, new_coords, box_format, ...
     custom_objects: str | None = None  # module (name or .py path) whose import registers the model's custom classes
+    accept_layout: bool = False  # --accept-layout (or the layout file's "accept_layout": true)
 
 
 def import_model(opts: ImportOptions) -> ImportedDetector:
@@ -39,20 +40,25 @@ def import_model(opts: ImportOptions) -> ImportedDetector:
             raise SpecError("give either --keras or --cfg/--weights, not both")
         layout = read_layout_file(opts.layout_file) if opts.layout_file else {}
         layout.update({k: v for k, v in opts.layout.items() if v is not None})
-        return import_keras(Path(opts.keras), read_names(opts.names) if opts.names else (), layout,
-                            load_custom_objects(opts.custom_objects))
+        accept = bool(layout.pop("accept_layout", False)) or opts.accept_layout
+        det = import_keras(Path(opts.keras), read_names(opts.names) if opts.names else (), layout,
+                           load_custom_objects(opts.custom_objects))
+        det.accept_layout = accept
+        return det
     if not (opts.cfg and opts.weights):
         raise SpecError("darknet import needs both --cfg and --weights")
     from .darknet import import_darknet
 
-    return import_darknet(opts.cfg, opts.weights, opts.names)
+    det = import_darknet(opts.cfg, opts.weights, opts.names)
+    det.declared_layout = True  # the cfg declares every activation, scale_x_y and new_coords, parsed exactly
+    return det
 
 
 # --------------------------------------------------------------------------- Keras / SavedModel
 
 LAYOUT_KEYS = ("layout", "anchors", "masks", "scale_x_y", "new_coords", "activated", "scale_x_y_applied",
                "box_format", "normalized_boxes", "has_objectness", "box_column", "objectness_column",
-               "class_column", "num_classes", "input_size")
+               "class_column", "num_classes", "input_size", "accept_layout")
 
 
 def read_layout_file(path: Path) -> dict:

@@ -1,11 +1,21 @@
 """Layout sanity gate: decode the exported model's outputs on the parity photos with the layout the build
 is about to serve, and refuse layouts whose detections are implausible, naming the likely fix.
 
-Entry point: `check_layout(spec, outputs, score_threshold)`, on the exported model's ONNX Runtime outputs
-for the parity photos (the parity gate computed them). The parity gate proves that ONNX
-computes what Keras computes; this gate is about what the numbers mean. A wrong layout flag otherwise
+Entry point: `check_layout(spec, outputs, score_threshold, declared=, accept=)`, on the exported model's
+ONNX Runtime outputs for the parity photos (the parity gate computed them). The parity gate proves that
+ONNX computes what Keras computes; this gate is about what the numbers mean. A wrong layout flag otherwise
 serves garbage that looks like detections (hhk7734's partly activated heads decoded as raw: every box
 scoring about 0.5, nothing the reference finds).
+
+Who it may refuse:
+- a darknet import (`declared`): never. The cfg declares every activation, scale_x_y and new_coords and
+  the importer parses them exactly, so the gate could only be wrong; what it finds is logged as a warning
+  (random or untrained weights trip it: "are these the trained weights?").
+- a Keras model: on the evidence below, unless `accept` (--accept-layout, or the layout file's
+  "accept_layout": true), which logs the same findings as warnings. The "most candidates pass" count is
+  not applied to a model that filters its own candidates (its box count depends on the image, or is
+  below one box per cell of the coarsest grid its input size implies): every box it returns passed its
+  own threshold already.
 """
 from __future__ import annotations
 
@@ -25,7 +35,7 @@ def _sigmoid_like(values: np.ndarray, margin: float = 1e-6) -> bool:
     return values.size > 0 and float(values.min()) >= -margin and float(values.max()) <= 1 + margin
 
 
-def _raw_problems(spec: DetectorSpec, outputs: dict) -> list[str]:
+def _raw_problems(spec: DetectorSpec, outputs: dict, declared: bool = False) -> list[str]:
     problems = []
     groups = {"xy": slice(0, 2), "obj": slice(4, 5), "cls": slice(5, None)}
     for head in spec.heads:
@@ -34,7 +44,10 @@ def _raw_problems(spec: DetectorSpec, outputs: dict) -> list[str]:
         margin = {"xy": 0.15}
         looks_activated = [g for g, sl in groups.items() if _sigmoid_like(t[..., sl], margin.get(g, 1e-6))]
         undeclared = [g for g in looks_activated if g not in done]
-        if undeclared:
+        if undeclared and declared:
+            problems.append(f"{head.name}: raw channels {','.join(undeclared)} all lie in [0, 1] on the parity photos, "
+                            "which trained weights rarely give; are these the trained weights?")
+        elif undeclared:
             flags = "--activated " + ",".join(g for g in ACTIVATED_GROUPS if g in set(looks_activated) | done)
             if "xy" in looks_activated and not head.scale_x_y_applied:
                 # the range cannot tell sigmoid from sigmoid * s - (s - 1)/2 for s near 1: say both
@@ -67,9 +80,26 @@ def _decoded_problems(spec: DetectorSpec, outputs: dict) -> list[str]:
     return problems
 
 
-def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_threshold: float) -> list[str]:
-    """Lines describing what was checked; raises SpecError naming the likely fix when implausible."""
-    problems = _raw_problems(spec, outputs) if spec.heads else _decoded_problems(spec, outputs)
+ACCEPT_HINT = ("if you have checked that the layout is right (for example one photo with `python -m client detect "
+               "--out`), pass --accept-layout (layout file: \"accept_layout\": true) to build anyway")
+
+
+def filters_own_candidates(spec: DetectorSpec, outputs: dict) -> bool:
+    """Decoded outputs that the model already filtered: their count depends on the image, or is below one box
+    per cell of a stride-32 grid over the input (every YOLO head has at least that many boxes)."""
+    if spec.heads or spec.decoded.nms_applied:
+        return False
+    if spec.per_image:
+        return True
+    boxes = outputs.get("decoded_boxes", outputs.get("detections"))
+    return boxes is not None and boxes.shape[1] < (spec.input_width // 32) * (spec.input_height // 32)
+
+
+def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_threshold: float,
+                 declared: bool = False, accept: bool = False) -> list[str]:
+    """Lines describing what was checked (warnings first); raises SpecError naming the likely fix when the
+    layout of a Keras model looks misread and neither `declared` nor `accept` holds."""
+    problems = _raw_problems(spec, outputs, declared) if spec.heads else _decoded_problems(spec, outputs)
     decoder = Decoder(json.loads(spec.to_json()))
     _, boxes, scores, _ = decoder.candidates(outputs, score_threshold)
     n_img = len(next(iter(outputs.values())))
@@ -82,11 +112,13 @@ def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_thres
         any_scores = outputs.get("decoded_scores", outputs.get("detections"))
         pairs = any_scores.shape[1] * spec.num_classes
     per_image = len(scores) / max(n_img, 1)
-    if not spec.decoded or not spec.decoded.nms_applied:
+    filtered = filters_own_candidates(spec, outputs)
+    if (not spec.decoded or not spec.decoded.nms_applied) and not filtered:
         if per_image > MOST * pairs:
             problems.append(f"{per_image:.0f} of {pairs} (box, class) candidates per photo score above "
-                            f"{score_threshold}: a real detector's are a handful; the layout flags likely "
-                            "misread the outputs (activations, columns or box format)")
+                            f"{score_threshold}: a real detector's are a handful; " + (
+                                "are these the trained weights?" if declared else
+                                "the layout flags likely misread the outputs (activations, columns or box format)"))
     if len(boxes):
         w, h = spec.input_width, spec.input_height
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
@@ -94,7 +126,8 @@ def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_thres
         outside = (cx < -0.5 * w) | (cx > 1.5 * w) | (cy < -0.5 * h) | (cy > 1.5 * h) | (bw <= 0) | (bh <= 0) | \
                   (bw > 4 * w) | (bh > 4 * h)
         if outside.mean() > MOST:
-            hint = ("boxes look normalized to [0, 1]: pass --normalized-boxes" if spec.decoded and
+            hint = ("are these the trained weights?" if declared else
+                    "boxes look normalized to [0, 1]: pass --normalized-boxes" if spec.decoded and
                     not spec.decoded.normalized and float(np.abs(boxes).max()) <= 1.5 else
                     "check --box-format, --normalized-boxes, --anchors and --activated wh")
             problems.append(f"{outside.mean():.0%} of the boxes scoring above {score_threshold} are empty, inverted or "
@@ -103,9 +136,15 @@ def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_thres
         if spec.decoded and spec.decoded.normalized is False and tiny.mean() > MOST:
             problems.append(f"{tiny.mean():.0%} of the boxes scoring above {score_threshold} are under 2 pixels: "
                             "they look normalized to [0, 1]: pass --normalized-boxes")
+    width = float(np.median(boxes[:, 2] - boxes[:, 0])) if len(boxes) else 0.0
+    measured = (f"  {per_image:.1f} candidates per photo above {score_threshold}, {width:.0f} px median box width"
+                + (" (the model filters its own candidates)" if filtered else ""))
+    if problems and declared:
+        why = "the cfg declares the layout, so this does not stop the build"
+        return [f"  warning: {p} ({why})" for p in problems] + [measured]
+    if problems and accept:
+        return [f"  warning (--accept-layout): {p}" for p in problems] + [measured]
     if problems:
         raise SpecError("the output layout looks wrong for this model (decoded on the parity photos):\n  "
-                        + "\n  ".join(problems))
-    width = float(np.median(boxes[:, 2] - boxes[:, 0])) if len(boxes) else 0.0
-    return [f"  {per_image:.1f} candidates per photo above {score_threshold}, {width:.0f} px median box width: "
-            "plausible"]
+                        + "\n  ".join(problems) + "\n  " + ACCEPT_HINT)
+    return [measured + ": plausible"]

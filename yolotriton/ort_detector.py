@@ -35,8 +35,11 @@ class OrtDetector:
 
     def __init__(self, model_path: str, candidates_path: str | None = None, *, max_batch: int,
                  cuda: bool = False, device_id: int = 0, intra_op_threads: int = 1, cuda_wait: str = "block",
-                 cuda_graphs: bool = True, log: Callable[[str], None] = print):
+                 cuda_graphs: bool = True, per_image: bool = False, log: Callable[[str], None] = print):
         self.max_batch, self.device_id, self.log = max_batch, device_id, log
+        # per_image: the model's output shape depends on the image (it filters its own candidates), so a batch
+        # cannot run as one call; each image runs alone and the outputs are padded with zero rows (pad_stack)
+        self.per_image = per_image
         self.model_path, self.candidates_path = model_path, candidates_path
         self.stream, self.cudart = 0, None
         if cuda:
@@ -53,7 +56,7 @@ class OrtDetector:
         self.times = stage_times.OFF  # the stub sets a StageTimes to measure its stages under load
         self.graphs: dict[int, _GraphSlot] = {}
         self.host: list[np.ndarray] = []
-        if cuda and cuda_graphs:
+        if cuda and cuda_graphs and not per_image:
             try:
                 self._open(graphs=True)
                 for b in range(1, max_batch + 1):  # capture every batch size before serving
@@ -63,7 +66,7 @@ class OrtDetector:
                 self.graphs, self.host = {}, []
         if not self.graphs:
             self._open(graphs=False)
-        if cuda and not self.graphs:
+        if cuda and not self.graphs and not per_image:
             for b in range(1, max_batch + 1):  # every batch shape once, before serving
                 self(np.zeros([b, *self.input_shape], np.float32))
 
@@ -132,6 +135,10 @@ class OrtDetector:
             raise ValueError(f"batch of {n} images: expected 1..{self.max_batch}")
         if self.graphs:
             return self.graphs[n].run(parts)
+        if self.per_image:
+            images = [p[i:i + 1] if isinstance(p, np.ndarray) else p.numpy()[i:i + 1] for p in parts for i in range(rows(p))]
+            padded = pad_stack([dict(zip(self.output_names, self._run(np.ascontiguousarray(x)))) for x in images])
+            return [padded[name] for name in self.output_names]
         if self.cudart is None:
             arrays = [p if isinstance(p, np.ndarray) else p.numpy() for p in parts]
             return self._run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
@@ -185,6 +192,19 @@ class OrtDetector:
         if on_cuda:
             self._check(self.cudart.cudaStreamSynchronize(self.stream))  # the runs are on our stream: wait for them
         return [o.numpy() for o in outputs]
+
+
+def pad_stack(per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One image's outputs each -> a batch, every output padded with zero rows to the longest (axis 1).
+    Zero rows score 0 and a score must exceed the threshold, so padding never becomes a detection."""
+    out = {}
+    for name in per_image[0]:
+        parts = [np.asarray(p[name]) for p in per_image]
+        if parts[0].ndim >= 2 and len({q.shape[1] for q in parts}) > 1:
+            n = max(q.shape[1] for q in parts)
+            parts = [np.pad(q, [(0, 0), (0, n - q.shape[1])] + [(0, 0)] * (q.ndim - 2)) for q in parts]
+        out[name] = np.concatenate(parts)
+    return out
 
 
 def rows(part) -> int:

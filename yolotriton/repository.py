@@ -236,6 +236,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
             "model_file": "model.fp16.onnx" if s.detector_precision == "fp16" else "model.onnx",
             "candidates_file": "candidates.onnx" if s.decode == "detector" else "", "cuda_wait": s.cuda_wait,
             "cuda_graphs": s.cuda_graphs, "nms": "on" if fused else "off", **(thresholds if fused else {}),
+            "per_image": "on" if spec.per_image else "off",  # outputs shaped by the image: each runs alone
             **({"preprocess": "on", **pre.parameters} if whole else {}),
             # GPU preprocess model: take its output where it is (on the GPU) instead of Triton's copy to the host
             "FORCE_CPU_ONLY_INPUT_TENSORS": "no" if s.preprocess_device == "gpu" and not whole else "yes"},

@@ -103,6 +103,9 @@ class DetectorSpec:
     heads: tuple[YoloHead, ...] = ()
     decoded: DecodedLayout | None = None
     class_names: tuple[str, ...] = field(default=())
+    # The outputs' shape depends on the image (a graph that filters its own candidates): the detector runs each
+    # image alone and pads its outputs with zero rows to the batch's longest (found by the export, export.py)
+    per_image: bool = False
 
     def __post_init__(self):
         if bool(self.heads) == (self.decoded is not None):
@@ -153,7 +156,7 @@ class DetectorSpec:
                                 class_column=int(dec.get("class_column", -1))) if dec else None
         return cls(input_height=int(d["input_height"]), input_width=int(d["input_width"]),
                    num_classes=int(d["num_classes"]), heads=heads, decoded=decoded,
-                   class_names=tuple(d.get("class_names") or ()))
+                   class_names=tuple(d.get("class_names") or ()), per_image=bool(d.get("per_image", False)))
 
     @classmethod
     def from_json(cls, text: str) -> "DetectorSpec":

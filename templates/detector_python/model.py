@@ -60,7 +60,8 @@ class TritonPythonModel:
             max_batch=int(config["max_batch_size"]), cuda=on_gpu,
             device_id=int(args.get("model_instance_device_id") or 0),
             intra_op_threads=int(params.get("intra_op_threads", "1")), cuda_wait=params.get("cuda_wait", "spin"),
-            cuda_graphs=params.get("cuda_graphs", "on") == "on", log=pb_utils.Logger.log_warn)
+            cuda_graphs=params.get("cuda_graphs", "on") == "on", per_image=params.get("per_image") == "on",
+            log=pb_utils.Logger.log_warn)
         self.input_name = self.detector.input_name
         # YOLOTRITON_STAGE_TIMES=DIR: CUDA-event times of each stage under load (bench/gpu.py reads them)
         self.times = StageTimes.for_process(self.detector.cudart, self.detector.stream, args["model_instance_name"])

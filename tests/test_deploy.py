@@ -34,6 +34,14 @@ def test_manifests_render_and_validate(tmp_path):
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert f"--model-repository={REPO}" in c["args"] and "--cuda-memory-pool-byte-size=0:2147483648" in c["args"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and dep["spec"]["replicas"] == 3
+    assert c["command"] == ["/opt/yolotriton/serve_mps.sh"] and c["args"][0] == "tritonserver"  # MPS in the pod
+    assert "COPY scripts/serve_mps.sh /opt/yolotriton/serve_mps.sh" in (out / "Dockerfile").read_text()
+    two = tmp_path / "two"  # two GPUs per pod: a CUDA pool on each
+    render_deploy(two, DeploySettings(model_repository=REPO, gpus=2),
+                  RepositorySettings(detector_device="gpu", preprocess_device="gpu"))
+    (c2,) = load(two, "deployment.yaml")[0]["spec"]["template"]["spec"]["containers"]
+    assert [a for a in c2["args"] if a.startswith("--cuda-memory")] == [
+        f"--cuda-memory-pool-byte-size={i}:2147483648" for i in (0, 1)]
     assert c["envFrom"][0]["secretRef"]["name"] == "yolov4-s3"
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["exec"]["command"][:4] == ["python3", "-m", "client", "probe"]

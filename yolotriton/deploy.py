@@ -65,7 +65,9 @@ def render_deploy(directory: Path, d: DeploySettings, repo) -> list[Path]:
            "secret": d.secret or f"{name}-s3", "gpus": d.gpus if gpu else 0, "gpu": gpu,
            "min_replicas": d.replicas, "storage_uri": storage_uri(d.model_repository),
            "probe_requests": max(2, repo.detector_instances * 2),  # reach every detector instance
-           "extra_args": ["--cuda-memory-pool-byte-size=0:2147483648"] if repo.preprocess_device == "gpu" else []}
+           # Triton's CUDA pool on each of the pod's GPUs (the wrapper does the same outside Kubernetes)
+           "extra_args": [f"--cuda-memory-pool-byte-size={i}:2147483648" for i in range(d.gpus)]
+           if repo.preprocess_device == "gpu" else []}
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.staging-", dir=directory.parent))
     try:

@@ -1,39 +1,37 @@
 #!/usr/bin/env bash
-# On the lent GPU machine, after the wheels and prebuilt repositories were carried into STASH (see
-# docs/gpu-host.md): the GPU tests, the end-to-end tests against the GPU repository, then bench/gpu.py.
+# On the lent GPU machine, after scripts/gpu_wheels.sh's parts and the prebuilt repositories were carried
+# into STASH (docs/gpu-host.md, "How to run it there"): the GPU tests, the end-to-end tests against the GPU
+# repository, then bench/gpu.py.
 #   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|tune|all]
-# STASH holds: *.whl (onnxruntime-gpu may be in parts ort.part.N), tiny/repo, y608/repo (model.onnx
-# in parts y608.onnx.N), darknet/ (../shared/darknet) and yolov4-tiny/ (.cache/yolov4-tiny).
+# STASH holds: wheels.tar.part.* (joined and unpacked into STASH/wheels on the first call), tiny/repo (a
+# default --detector-device gpu build), y608/repo, darknet/ (../shared/darknet) and yolov4-tiny/
+# (.cache/yolov4-tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STASH=$1 OUT=$2 WHAT=${3:-all}
-if ls "$STASH"/ort.part.* >/dev/null 2>&1; then
-  cat "$STASH"/ort.part.* > "$STASH/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl" && rm "$STASH"/ort.part.*
-fi
-if ls "$STASH"/y608.onnx.* >/dev/null 2>&1; then
-  cat "$STASH"/y608.onnx.* > "$STASH/y608/repo/yolov4_detector/1/model.onnx" && rm "$STASH"/y608.onnx.*
+if ls "$STASH"/wheels.tar.part.* >/dev/null 2>&1; then
+  cat "$STASH"/wheels.tar.part.* | tar -C "$STASH" -xf - && rm "$STASH"/wheels.tar.part.*
 fi
 mkdir -p ../shared .cache
 [ -d ../shared/darknet ] || cp -r "$STASH/darknet" ../shared/
-[ -d .cache/yolov4-tiny ] || cp -r "$STASH/yolov4-tiny" .cache/
+[ -d .cache/yolov4-tiny ] || { [ -d "$STASH/yolov4-tiny" ] && cp -r "$STASH/yolov4-tiny" .cache/; }
 export PYTHONUNBUFFERED=1
-run() { scripts/gpu_host.sh "$STASH" -- "$@"; }
+run() { scripts/gpu_host.sh "$STASH/wheels" -- "$@"; }
 if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
   YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider tests/test_gpu_preprocess.py tests/test_ort_detector.py 2>&1 | tee "$OUT/tests-gpu.log"
   YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider \
     tests/test_serving.py tests/test_client.py tests/test_reliability.py tests/test_decode_in_detector.py tests/test_nms_in_detector.py \
-    tests/test_preprocess_in_detector.py \
+    tests/test_preprocess_in_detector.py tests/test_gpu_load.py \
     -k "not numpy_2 and not without_the_venv and not interrupted_build" 2>&1 | tee "$OUT/tests-e2e.log"
 fi
 if [ "$WHAT" = bench-tiny ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/tiny/repo" --photos ../shared/darknet --out "$OUT/tiny" \
-    --concurrency 1,8,64,128 --images-per-request 4 --also nms=postprocess ${MPS:+--mps} 2>&1 \
-    | tee "$OUT/bench-tiny.log"
+    --concurrency 64,128,256 --also decode_batch=8 --also detector_instances=8,decode_batch=8 \
+    --also-concurrency 128,256 2>&1 | tee "$OUT/bench-tiny.log"
 fi
 if [ "$WHAT" = bench-608 ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/y608/repo" --photos ../shared/darknet --out "$OUT/y608" \
-    --concurrency 1,8,32,64 --images-per-request 4 --also nms=postprocess ${MPS:+--mps} 2>&1 \
-    | tee "$OUT/bench-608.log"
+    --concurrency 32,64,128 --network-batches 8,16,32,64 --decode-batches 8,32 2>&1 | tee "$OUT/bench-608.log"
 fi
 if [ "$WHAT" = tune ]; then  # make tune's search on the GPU repository (writes the best back into STASH/tiny/repo)
   run python bench/tune.py --repository "$STASH/tiny/repo" --budget-s "${BUDGET_S:-420}" 2>&1 | tee "$OUT/tune.log"

@@ -41,11 +41,14 @@ def http_client(server):
         yield c
 
 
-def test_model_info_comes_from_the_server(grpc_client, shared):
+def test_model_info_comes_from_the_server(grpc_client, shared, built_repo):
+    from yolotriton.repository import read_settings
+
     info = grpc_client.info
     assert info.labels == tuple(
         l.strip() for l in (shared / "coco.names").read_text().splitlines() if l.strip())
-    assert (info.input_width, info.input_height, info.max_batch_size) == (416, 416, 8)
+    assert (info.input_width, info.input_height) == (416, 416)
+    assert info.max_batch_size == read_settings(built_repo).max_batch_size  # 8 on the CPU, 32 on a GPU
     assert (info.max_detections, info.max_pixels, info.raw_entry) == (100, 50_000_000, "yolov4_raw")
 
 

@@ -122,7 +122,7 @@ def test_decode_settings():
 def candidates_repo(built_repo, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("decode") / "model_repository"
     copy_repository(built_repo, repo)
-    rerender(repo, decode="detector", nms="postprocess")  # the three-model ensemble (test_nms_in_detector: two)
+    rerender(repo, decode="detector", nms="postprocess", preprocess_in="preprocess")  # the three-model ensemble (test_nms_in_detector: two)
     return repo
 
 

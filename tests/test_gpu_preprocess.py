@@ -91,7 +91,7 @@ def test_auto_instances_rules():
     assert auto_instances(16, 1, "gpu", True)[:3] == (3, 3, 4)
     assert auto_instances(16, 1, "gpu", True, nms_in_detector=True)[:3] == (3, 4, 1)
     assert auto_instances(16, 1, "cpu", True)[:3] == (11, 3, 4)  # the CPU decode is the wall: most cores
-    assert auto_instances(64, 4, "gpu", True)[:3] == (12, 12, 16)
+    assert auto_instances(64, 4, "gpu", True)[:3] == (3, 3, 16)  # KIND_GPU counts are per GPU, on each of the 4
     assert auto_instances(16, 0, "cpu", True)[:3] == (4, 8, 2)  # a GPU detector without a GPU here: CPU rule
     assert "16 cores, 1 GPUs" in auto_instances(16, 1, "gpu", True)[3]
 
@@ -107,23 +107,26 @@ def test_instances_flags_reach_the_repository(built_repo, tmp_path, photos):
     two_models = RepositorySettings(**gpu, decode="detector", nms="detector")
     one_model = RepositorySettings(**gpu, decode="detector", nms="detector", preprocess_in="detector")
     host = ["--detector-device", "gpu", "--host-cores", "32", "--host-gpus", "2"]
+    # KIND_GPU counts are per GPU (Triton makes `count` instances on each GPU), CPU counts are totals
     *got, why = counts(host + ["--postprocess-instances", "3"], two_models)
-    assert got == [6, 8, 3] and "32 cores, 2 GPUs" in why and "--postprocess-instances 3" in why
-    assert "the detector does NMS" in why
+    assert got == [3, 4, 3] and "32 cores, 2 GPUs" in why and "--postprocess-instances 3" in why
+    assert "the detector does NMS" in why and "on each of the 2 GPUs" in why
     *got, why = counts(host, one_model)
-    assert got == [1, 12, 1] and "the detector is the whole pipeline" in why
+    assert got == [1, 8, 1] and "the detector is the whole pipeline" in why
     # a model whose outputs are already decoded keeps three models on the GPU, and gets their counts
-    assert counts(host, RepositorySettings(**gpu))[:3] == (6, 6, 8)
+    assert counts(host, RepositorySettings(**gpu))[:3] == (3, 3, 8)
     assert counts(["--instances", "5,1,2"], RepositorySettings())[:3] == (5, 1, 2)
     assert build_repo.main(["--instances", "5,x", "--output", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()
     repo = tmp_path / "r"
     copy_repository(built_repo, repo)
-    rerender(repo, detector_device="gpu", preprocess_device="gpu", preprocess_instances=3,
+    rerender(repo, detector_device="gpu", preprocess_device="gpu", preprocess_instances=3, preprocess_in="preprocess",
              instances_reason="test")
     assert (repo / "yolov4_preprocess" / "1" / "resize.onnx").is_file()
     assert (repo / "yolov4_preprocess" / "1" / "gpu_images.py").is_file()
-    assert "count: 3 kind: KIND_GPU" in (repo / "yolov4_preprocess" / "config.pbtxt").read_text()
+    config = (repo / "yolov4_preprocess" / "config.pbtxt").read_text()
+    # no `gpus:` list: Triton makes `count` instances on every visible GPU, so --host-gpus 2 gives each GPU its own
+    assert "count: 3 kind: KIND_GPU" in config and "gpus" not in config
     assert json.loads((repo / "settings.json").read_text())["instances_reason"] == "test"
     rerender(repo, preprocess_device="cpu")  # back to the CPU: the GPU files go
     assert not (repo / "yolov4_preprocess" / "1" / "resize.onnx").exists()

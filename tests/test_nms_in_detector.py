@@ -60,7 +60,7 @@ def test_cli_refuses_nms_in_detector_without_its_decode_before_building(tmp_path
 def fused_repo(built_repo, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("nms") / "model_repository"
     copy_repository(built_repo, repo)
-    rerender(repo, decode="detector", nms="detector")
+    rerender(repo, decode="detector", nms="detector", preprocess_in="preprocess")  # two models, from any layout
     return repo
 
 
@@ -72,7 +72,7 @@ def test_rerender_moves_the_postprocess_into_the_detector_and_back(fused_repo, t
     validate_repository(fused_repo)
     back = tmp_path / "back"
     copy_repository(fused_repo, back)
-    rerender(back, nms="postprocess")
+    rerender(back, nms="postprocess", preprocess_in="preprocess")
     assert (back / "yolov4_postprocess" / "1" / "model.py").is_file()
     assert not (back / "yolov4_detector" / "1" / "detections.py").exists()
     assert not (back / "yolov4_detector" / "1" / "spec.json").exists()

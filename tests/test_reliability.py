@@ -33,10 +33,11 @@ def grpc(server):
 
 def test_wrong_dtype_shape_and_batch_are_invalid_arg(grpc, shared):
     good = (shared / "dog.jpg").read_bytes()
+    limit = grpc.get_model_config("yolov4").config.max_batch_size  # 8 on the CPU, 32 on a GPU host
     cases = [
         (np.zeros((1, 1), np.float32), "FP32", "IMAGE", "yolov4", "data-type"),
         (np.array([[good, good]], dtype=object), "BYTES", "IMAGE", "yolov4", "shape"),
-        (np.array([[good]] * 9, dtype=object), "BYTES", "IMAGE", "yolov4", "batch-size must be <= 8"),
+        (np.array([[good]] * (limit + 1), dtype=object), "BYTES", "IMAGE", "yolov4", f"batch-size must be <= {limit}"),
         (np.zeros((1, 20, 20), np.uint8), "UINT8", "RAW_IMAGE", "yolov4_raw", "shape"),
         (np.zeros((1, 20, 20, 3), np.float32), "FP32", "RAW_IMAGE", "yolov4_raw", "data-type"),
     ]

@@ -156,7 +156,9 @@ def test_bad_requests_fail_alone_within_a_dynamic_batch(server, photos):
 
 
 def test_labels_and_limits_come_from_the_server(grpc):
-    cfg = grpc.get_model_config("yolov4_preprocess").config
+    # the model that takes the images: yolov4_preprocess, or the detector where it is the whole pipeline (GPU)
+    first = grpc.get_model_config("yolov4").config.ensemble_scheduling.step[0].model_name
+    cfg = grpc.get_model_config(first).config
     assert cfg.parameters["max_pixels"].string_value == "50000000"
     assert grpc.get_model_config("yolov4").config.output[3].label_filename == "labels.txt"
 

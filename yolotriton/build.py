@@ -51,6 +51,8 @@ class BuildOptions:
     # the instance counts (RepositorySettings fields) for the resolved layout: build_repo.instance_counts; None
     # keeps the counts in `repo`
     instances: Callable[[RepositorySettings], dict] | None = None
+    # --detector-precision auto: FP16 was chosen, not asked for; if its accuracy gate refuses, serve FP32 (one log line)
+    fp16_fallback: bool = False
     log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
 
@@ -155,7 +157,14 @@ def _build_local(opts: BuildOptions) -> Path:
         if s.target == "tensorrt":
             _tensorrt_stage(opts, spec, onnx_path, batch, work, staging)
         elif s.detector_precision == "fp16":
-            _fp16_stage(opts, spec, onnx_path, batch, onnx_path.with_name("model.fp16.onnx"))
+            try:
+                _fp16_stage(opts, spec, onnx_path, batch, onnx_path.with_name("model.fp16.onnx"))
+            except PlanError as e:
+                if not opts.fp16_fallback:
+                    raise
+                onnx_path.with_name("model.fp16.onnx").unlink(missing_ok=True)
+                s = dataclasses.replace(s, detector_precision="fp32")
+                log(f"[fp16] not served: {str(e).split(' -- ')[0]}; serving FP32 (--detector-precision auto)")
         t = time.perf_counter()
         render_repository(staging, spec, s)
         if not (staging / "README.md").exists():

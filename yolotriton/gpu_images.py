@@ -104,11 +104,12 @@ class GpuPreprocessor:
     """Decode (nvImageCodec) + resize (ONNX Runtime CUDA) for a list of requests' encoded images."""
 
     def __init__(self, resize_onnx: str, net_w: int, net_h: int, mode: str, max_pixels: int, max_bytes: int,
-                 device_id: int = 0, cuda_wait: str = "spin"):
+                 device_id: int = 0, cuda_wait: str = "spin", decode_batch: int = 0):
         from cuda.bindings import runtime as cudart
         from nvidia import nvimgcodec
 
         self.cudart, self.device_id = cudart, device_id
+        self.decode_batch = decode_batch  # JPEGs per decode call; 0: all of the dynamic batch in one
         self.net_w, self.net_h, self.mode = net_w, net_h, mode
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
         _cuda_check(cudart.cudaSetDevice(device_id))
@@ -149,9 +150,11 @@ class GpuPreprocessor:
                 except ImageError as e:
                     row.append(e.in_request(i, len(items)))
             checked.append(row)
-        if jpegs:
-            streams = [self.nvimgcodec.CodeStream(item[0]) for item in jpegs]
-            for item, img in zip(jpegs, self.decoder.decode(streams, params=self.params, cuda_stream=self.stream)):
+        step = self.decode_batch or len(jpegs)
+        for start in range(0, len(jpegs), max(step, 1)):
+            chunk = jpegs[start:start + step]
+            streams = [self.nvimgcodec.CodeStream(item[0]) for item in chunk]
+            for item, img in zip(chunk, self.decoder.decode(streams, params=self.params, cuda_stream=self.stream)):
                 item[3] = img
         self.times.mark("decode", self.stream)
         results, keep = [], []

@@ -49,7 +49,8 @@ class RequestPreprocessor:
             except ImportError:
                 from gpu_images import GpuPreprocessor
             self.gpu = GpuPreprocessor(os.path.join(folder, "resize.onnx"), self.width, self.height, self.mode,
-                                       self.max_pixels, self.max_bytes, device_id, params.get("cuda_wait", "spin"))
+                                       self.max_pixels, self.max_bytes, device_id, params.get("cuda_wait", "spin"),
+                                       decode_batch=int(params.get("decode_batch", "0")))
         if images.simplejpeg is None:
             log("simplejpeg is not installed in the stub's environment: JPEGs the CPU decodes go through OpenCV "
                 "instead (same pixels, about 1 ms slower per photo)")

@@ -26,6 +26,11 @@ RESIZE_MODES = ("stretch", "letterbox")
 DECODE_STAGES = ("postprocess", "detector")
 NMS_STAGES = ("postprocess", "detector")
 PREPROCESS_STAGES = ("preprocess", "detector")
+# Dynamic batch limits. On a GPU the Python detector's per-execute costs (decode call, graph replay, copies,
+# NMS call) are spread over more images with larger batches: yolov4-tiny on an H200, one model x 6, same run
+# (docs/results/gpu-h200-ceilings-before.md): max batch 32 served 4,039 img/s against 3,228 at 8.
+DEFAULT_MAX_BATCH = 8
+GPU_MAX_BATCH = 32
 PREPROCESS_FILES = ("images.py", "preprocess.py", "gpu_images.py", "resize.onnx")  # beside whichever model preprocesses
 
 
@@ -70,6 +75,10 @@ class RepositorySettings:
     name: str = "yolov4"
     target: str = "python"  # python | onnxruntime | tensorrt (resolved from auto by the caller)
     max_batch_size: int = 8
+    # GPU preprocess: JPEGs per nvImageCodec call (0: the whole dynamic batch in one call). The hardware decoder
+    # alone decoded batches of 8 fastest on the H200 (6,374 img/s; 4,000 at 32); served, same run, 8 gave 4,215
+    # img/s against 4,009 for whole batches of up to 32 (docs/results/gpu-h200-tiny-defaults.md)
+    decode_batch: int = 8
     max_detections: int = 100
     score_threshold: float = 0.25  # darknet's detector default
     iou_threshold: float = 0.45  # darknet's NMS default
@@ -223,7 +232,8 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         instance_kind="KIND_GPU" if s.preprocess_device == "gpu" else "KIND_CPU",
         parameters={"input_width": str(w), "input_height": str(h), "resize_mode": s.resize_mode,
                     "letterbox_fill": str(s.letterbox_fill), "max_pixels": str(s.max_pixels),
-                    "max_bytes": str(s.max_bytes), "device": s.preprocess_device, "cuda_wait": s.cuda_wait})
+                    "max_bytes": str(s.max_bytes), "device": s.preprocess_device, "cuda_wait": s.cuda_wait,
+                    "decode_batch": str(s.decode_batch)})
     on_gpu = s.detector_on_gpu
     det_common = dict(name=s.detector, inputs=pre.inputs if whole else [net_in, meta] if fused else [net_in],
                       outputs=final if fused else det_outs, max_batch_size=s.max_batch_size,
@@ -371,22 +381,30 @@ def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gp
     GPU with the postprocess model, 4 when the detector also runs NMS (its CPU time per batch grows).
     When the detector is the whole pipeline (--preprocess-in detector), each instance decodes, runs the
     network and NMS in turn: 6 per GPU fed the H100 on yolov4-tiny where 4 did not
-    (docs/results/gpu-h100-preprocess-in-detector.md).
+    (docs/results/gpu-h100-preprocess-in-detector.md); on the H200 with batches of up to 32, 8 served 4,441
+    img/s against 4,215 for 6 at 1.39 ms server CPU per image (docs/results/gpu-h200-tiny-defaults.md), and
+    YOLOv4 608 served the same with 4 or 6 (the GPU is the wall there, docs/results/gpu-h200-608.md).
+
+    Counts of KIND_GPU models are per GPU: Triton's instance_group `count` creates that many instances on
+    each GPU it lists, and on every visible GPU when it lists none (as rendered here, so a repository built
+    for G GPUs also loads on a host with another number). The CPU counts are totals.
     """
     cores, gpus = max(1, cores), max(0, gpus)
+    on_each = f"per GPU, on each of the {gpus} GPUs" if gpus > 1 else "per GPU"
     if detector_on_gpu and gpus and preprocess_in_detector:  # the preprocess and postprocess are not rendered
-        return 1, 6 * gpus, 1, (f"{cores} cores, {gpus} GPUs: the detector is the whole pipeline (decode, resize, "
-                                f"network, NMS), 6 per GPU")
+        return 1, 8, 1, (f"{cores} cores, {gpus} GPUs: the detector is the whole pipeline (decode, resize, "
+                         f"network, NMS), 8 {on_each}")
     if detector_on_gpu and gpus:
-        detector = (4 if nms_in_detector else 3) * gpus  # one runs while the others gather, copy out, NMS
+        detector = 4 if nms_in_detector else 3  # per GPU: one runs while the others gather, copy out, NMS
         post = 1 if nms_in_detector else max(1, cores // 4)  # not rendered when the detector does NMS
         where = "the detector does NMS" if nms_in_detector else "postprocess on the CPU: cores/4"
         if preprocess_device == "gpu":  # the GPU decodes; each instance is a process with its own CUDA context
-            pre = 3 * gpus
-            why = f"GPU preprocess 3 and detector {detector // gpus} per GPU ({gpus}); {where}"
+            pre = 3
+            why = f"GPU preprocess 3 and detector {detector} {on_each}; {where}"
         else:
             pre = max(1, cores - cores // 4 - 1)
-            why = f"CPU JPEG decode feeds the GPU detector: every core but a quarter and one (server); {where}"
+            why = (f"CPU JPEG decode feeds the GPU detector: every core but a quarter and one (server); detector "
+                   f"{detector} {on_each}; {where}")
     else:
         detector, pre, post = max(2, cores // 2), max(2, cores // 4), max(1, cores // 8)
         why = "CPU detector: half the cores as single-thread detectors, a quarter preprocess, an eighth postprocess"

@@ -70,3 +70,40 @@ def test_successful_build_replaces_repository(existing_repo, capsys):
                      "tiny_raw"]
     assert 'string_value: "letterbox"' in (existing_repo / "tiny_preprocess" / "config.pbtxt").read_text()
     assert not [p for p in existing_repo.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_gpu_build_defaults_and_fp16_fallback(tmp_path, capsys, photos):
+    """--detector-device gpu alone: max batch 32 and FP16 past its accuracy gate; a model whose detections FP16
+    changes (an intermediate of ~1e5, past FP16's range) is served in FP32, with one log line, instead of
+    failing the build. Rendering only: a GPU repository builds on any machine."""
+    import keras
+
+    from yolotriton.repository import read_settings
+
+    inp = keras.Input((64, 64, 3))
+    x = keras.layers.AveragePooling2D(32)(inp)  # [N, 2, 2, 3]
+    # ~1e5 in between: finite in FP32, beyond FP16's 65,504; the next convolution brings it back to logits
+    big = keras.layers.Conv2D(4, 1, kernel_initializer=keras.initializers.Constant(4e4), use_bias=False)(x)
+    out = keras.layers.Conv2D(21, 1, kernel_initializer=keras.initializers.RandomNormal(0, 2e-5, seed=1),
+                              bias_initializer=keras.initializers.Constant(1.0))(big)
+    model_path = tmp_path / "fragile.keras"
+    keras.Model(inp, out).save(model_path)
+    assert build_repo.main(["--detector-device", "gpu", "--output", str(tmp_path / "default")]) == 0
+    assert (read_settings(tmp_path / "default").detector_precision, read_settings(tmp_path / "default").max_batch_size) \
+        == ("fp16", 32)
+    capsys.readouterr()
+    common = ["--keras", str(model_path), "--anchors", "10,14,23,27,37,58", "--accept-layout",
+              "--detector-device", "gpu", "--host-cores", "16", "--host-gpus", "1",
+              "--parity-images", *map(str, photos[:2])]
+    repo = tmp_path / "repo"
+    assert build_repo.main([*common, "--output", str(repo)]) == 0
+    log = capsys.readouterr().out
+    assert "[fp16] not served:" in log and "serving FP32" in log, log
+    settings = read_settings(repo)
+    assert (settings.detector_precision, settings.max_batch_size) == ("fp32", 32)
+    assert not (repo / "yolov4_detector" / "1" / "model.fp16.onnx").exists()
+    assert 'string_value: "model.onnx"' in (repo / "yolov4_detector" / "config.pbtxt").read_text()
+    # asked for explicitly, FP16 that fails its gate fails the build (exit 2, one line)
+    assert build_repo.main([*common, "--detector-precision", "fp16", "--output", str(tmp_path / "never")]) == 2
+    assert "FP16 changes the detections" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

@@ -1,6 +1,8 @@
 """The built default repository, run in-process (same code as the served models), against OpenCV's darknet."""
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import onnx
@@ -131,3 +133,25 @@ def test_jpeg_decode_of_grey_and_cmyk_photos(shared):
         want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
         assert got.shape == (576, 768, 3), mode
         assert np.abs(got.astype(int) - want).max() <= 1, mode
+
+
+def test_letterbox_boxes_wholly_in_the_padding_are_dropped():
+    """A 100x50 photo letterboxed into 64x64: rows 16..48 show the photo, the rest is padding. A box that lies
+    only in the padding would otherwise come back as a zero-area box on the photo's edge (tf-yolov4's own
+    predict() drops those); one that overlaps the photo is kept and clipped to it."""
+    from yolotriton.detections import Decoder
+    from yolotriton.spec import DecodedLayout, DetectorSpec
+
+    spec = DetectorSpec(input_height=64, input_width=64, num_classes=1,
+                        decoded=DecodedLayout(box_format="xyxy", outputs=("decoded_boxes", "decoded_scores")))
+    boxes = np.array([[[10, 2, 30, 12],     # wholly in the top padding
+                       [10, 50, 30, 60],    # wholly in the bottom padding
+                       [10, 10, 30, 20]]], np.float32)  # overlaps the photo
+    scores = np.array([[[0.9], [0.8], [0.7]]], np.float32)
+    meta = np.array([[50, 100, 0.64, 0.64, 16, 0]], np.float32)  # h, w, scale y, scale x, top, left
+    num, out, sc, _ = Decoder(json.loads(spec.to_json()))({"decoded_boxes": boxes, "decoded_scores": scores}, meta, 0.25, 0.45, 10)
+    assert num[0, 0] == 1 and sc[0, 0] == pytest.approx(0.7)
+    assert out[0, 0, 1] == 0 and out[0, 0, 3] == pytest.approx(4 / 0.64)  # clipped to the photo's top rows
+    stretch = meta.copy()
+    stretch[0, 4:] = 0  # no padding: nothing is dropped
+    assert Decoder(json.loads(spec.to_json()))({"decoded_boxes": boxes, "decoded_scores": scores}, stretch, 0.25, 0.45, 10)[0][0, 0] == 3

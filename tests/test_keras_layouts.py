@@ -1,10 +1,11 @@
-"""Output layouts of the popular TF2 YOLOv4 implementations, reproduced around the pretrained yolov4-tiny
-(so they carry trained weights), built, served by the real tritonserver and compared with OpenCV's darknet;
-and each wrong-flag case refused with the message that names the fix.
+"""Output layouts built around the pretrained yolov4-tiny (so they carry trained weights), served by the real
+tritonserver and compared with OpenCV's darknet; and each wrong-flag case refused with the message that names
+the fix. These models are our own constructions of each layout, for the flags and refusals; the real TF2
+packages' models, made by the packages themselves, are tested in test_tf2_packages.py.
 
-- hhk7734/tensorflow-yolov4: raw-shaped heads, sigmoid on xy/obj/cls, scale_x_y applied, wh raw;
-- sicara/tf2-yolov4: rank-5 heads [N,S,S,A,5+C]; its inference model ends in combined NMS (4 outputs);
-- tf-yolov4 (Licht-T): one decoded output with extra columns (cx,cy,w,h normalized, 4 raw, obj, classes);
+- partly activated heads (sigmoid on xy/obj/cls, scale_x_y applied, wh raw: hhk7734's layout);
+- rank-5 heads [N,S,S,A,5+C]; a model ending in combined NMS with yxyx boxes and named outputs;
+- one decoded output with extra columns (cx,cy,w,h normalized, 4 raw, obj, classes: tf-yolov4's layout);
 - a tf.keras 2 SavedModel whose convolutions end in BatchNorm + Mish (the oneDNN fusion crash).
 """
 from __future__ import annotations

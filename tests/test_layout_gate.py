@@ -169,3 +169,15 @@ def test_official_yolov4_cfg_with_random_weights_builds_matches_opencv_and_serve
         client = grpcclient.InferenceServerClient(server.grpc_url)
         res = infer_bytes(client, grpcclient, [(shared / "dog.jpg").read_bytes()])
         assert res["boxes"].shape == (1, 100, 4) and 0 <= int(res["num_detections"][0, 0]) <= 100
+
+
+def test_an_unrecognised_nms_model_is_told_its_box_order_cannot_be_checked():
+    spec = DetectorSpec(input_height=416, input_width=416, num_classes=2,
+                        decoded=DecodedLayout(box_format="yxyx", normalized=True,
+                                              outputs=("nms_boxes", "nms_scores", "nms_classes", "nms_count")))
+    outputs = {"nms_boxes": np.array([[[0.1, 0.2, 0.5, 0.6]] * 3], np.float32),
+               "nms_scores": np.array([[0.9, 0.8, 0.0]], np.float32),
+               "nms_classes": np.array([[0, 1, 0]], np.float32), "nms_count": np.array([[2]], np.float32)}
+    lines = check_layout(spec, outputs, 0.25)
+    assert "cannot tell xyxy from yxyx" in lines[0] and "python -m client detect" in lines[0], lines
+    assert not any("xyxy" in ln for ln in check_layout(spec, outputs, 0.25, recognised=True))

@@ -152,7 +152,7 @@ def _build_local(opts: BuildOptions) -> Path:
 
         t = time.perf_counter()
         for line in check_layout(spec, parity.onnx_outputs, s.score_threshold, declared=det.declared_layout,
-                                 accept=det.accept_layout):
+                                 accept=det.accept_layout, recognised=bool(det.recognised)):
             log(f"[layout] {line.strip()} ({time.perf_counter() - t:.1f}s)")
         if s.target == "tensorrt":
             _tensorrt_stage(opts, spec, onnx_path, batch, work, staging)

@@ -168,6 +168,9 @@ class Decoder:
             if not m.any():
                 continue
             bb, ss, cc = boxes[m], scores[m], classes[m]
+            if meta[b, 4] > 0 or meta[b, 5] > 0:  # letterbox: a box wholly in the padding shows no photo
+                inside = self._on_photo(bb, meta[b])
+                bb, ss, cc = bb[inside], ss[inside], cc[inside]
             if len(ss) > self.pre_nms_top_k:  # bounded work, whatever the model says
                 top = np.argpartition(-ss, self.pre_nms_top_k)[:self.pre_nms_top_k]
                 bb, ss, cc = bb[top], ss[top], cc[top]
@@ -184,6 +187,14 @@ class Decoder:
             out_scores[b, :n] = ss[keep]
             out_classes[b, :n] = cc[keep]
         return num, out_boxes, out_scores, out_classes
+
+    @staticmethod
+    def _on_photo(boxes: np.ndarray, meta: np.ndarray) -> np.ndarray:
+        """Boxes (network-input pixels) that overlap the letterboxed photo, not only its padding: the rest would
+        come back as zero-area boxes on the photo's edge."""
+        orig_h, orig_w, sy, sx, pt, pl = (float(v) for v in meta)
+        right, bottom = pl + orig_w * sx, pt + orig_h * sy
+        return (boxes[:, 2] > pl) & (boxes[:, 0] < right) & (boxes[:, 3] > pt) & (boxes[:, 1] < bottom)
 
     @staticmethod
     def _to_original(boxes: np.ndarray, meta: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ class ImportedDetector:
     trackable: object = None  # what a SavedModel must keep alive (variables)
     declared_layout: bool = False  # the source states the layout exactly (a darknet cfg): the layout gate only informs
     accept_layout: bool = False  # --accept-layout: the user vouches for the layout; the gate's doubts become warnings
+    recognised: str = ""  # a known package's model (importer.recognise): its layout comes from that package
 
     def __call__(self, images):
         if self.call is not None:

@@ -7,6 +7,7 @@ are handled here, with the output layout inferred where possible and asked for o
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,10 +173,58 @@ def import_keras(path: Path, class_names: tuple[str, ...], layout: dict,
             return list(out) if isinstance(out, (list, tuple)) else [out]
         model = obj
 
-    spec, order = infer_spec(path.name, in_shape, out_shapes, class_names, layout, out_names)
+    recognised, known, names = recognise(in_shape, out_shapes, out_names, class_names, layout)
+    layout = {**known, **layout}  # the flags still override what the package's layout says
+    spec, order = infer_spec(path.name, in_shape, out_shapes, class_names, layout, names)
     adapt = _adapter(spec, out_shapes, order)
-    return ImportedDetector(model=model, spec=spec, source=f"{kind} {path.name}",
+    return ImportedDetector(model=model, spec=spec, recognised=recognised, source=f"{kind} {path.name}" + (
+        f" (recognised {recognised}: " + ", ".join(f"{k} {v}" for k, v in known.items()) + ")" if recognised else ""),
                             call=lambda x: adapt([raw_call(x)[i] for i in order]), trackable=obj)
+
+
+SICARA_NAME = re.compile(r"^YOLOv3_head(_\d+)?(:\d+)?$")
+SICARA_ANCHORS = "12,16,19,36,40,28,36,75,76,55,72,146,142,110,192,243,459,401"  # tf2_yolov4.anchors, finest first
+
+
+def recognise(in_shape, out_shapes, out_names, class_names=(), layout=None) -> tuple[str, dict, list]:
+    """A known TF2 package's model, told by its output names and shapes: (what it is, the layout keys that
+    package's own inference implies, the output names to read the layout by). Nothing known: ("", {}, names).
+
+    - sicara tf2-yolov4 (its head is a Keras model named YOLOv3_head, so its outputs are YOLOv3_head, _1, ...):
+      inference model: combined NMS, in yolo_nms's order boxes, scores, classes, count; its
+      yolov3_boxes_regression writes x1, y1, x2, y2 normalized to [0, 1]. Training model: three rank-5 heads,
+      YOLOv4's anchors, and no scale_x_y (its own decoder applies none, so neither does the served one).
+    - tf-yolov4 (Licht-T): one output [N, 3 * sum((S/s)^2 for s in 8, 16, 32), 9 + C]: cx, cy, w, h in
+      [0, 1], the four raw values, objectness, class scores. Its own predict() letterboxes with fill 0.
+      Told from a one-output model with 4 + C columns only by the names file (9 + C columns), and not applied
+      when the flags place the columns themselves.
+    """
+    layout = layout or {}
+    names = [str(n or "") for n in out_names]
+    if names and all(SICARA_NAME.match(n) for n in names):
+        suffix = lambda n: int(SICARA_NAME.match(n).group(1)[1:]) if SICARA_NAME.match(n).group(1) else 0
+        ranks = [len(s) for s in out_shapes]
+        if sorted(ranks) == [1, 2, 2, 3] and len(names) == 4:
+            role = ["boxes", "scores", "classes", "count"]
+            return ("sicara tf2-yolov4 inference model (combined NMS, outputs YOLOv3_head..._3 = boxes, scores, "
+                    "classes, count)", {"layout": "nms", "box_format": "xyxy", "normalized_boxes": True},
+                    [role[sorted(names, key=suffix).index(n)] for n in names])
+        if ranks == [5] * len(names) and len(names) == 3:
+            return ("sicara tf2-yolov4 training model (rank-5 heads)",
+                    {"layout": "raw", "anchors": SICARA_ANCHORS, "scale_x_y": 1.0}, names)
+    if len(out_shapes) == 1 and len(out_shapes[0]) == 3 and len(in_shape) == 4 and in_shape[1] and in_shape[2]:
+        h, w = in_shape[1], in_shape[2]
+        boxes = 3 * sum((h // s) * (w // s) for s in (8, 16, 32))
+        _, n, cols = out_shapes[0]
+        placed = any(layout.get(k) is not None for k in ("box_column", "objectness_column", "class_column",
+                                                         "has_objectness", "layout"))
+        # the box count may be left open in a SavedModel's signature (the package reshapes with tf.shape)
+        if n in (boxes, None) and cols is not None and class_names and cols == 9 + len(class_names) and not placed:
+            return ("tf-yolov4 (Licht-T) output [N, boxes, cx cy w h, 4 raw, objectness, classes]; its own "
+                    "predict() letterboxes with fill 0: serve with --resize letterbox --letterbox-fill 0 to match it",
+                    {"layout": "decoded", "box_format": "cxcywh", "normalized_boxes": True, "objectness_column": 8,
+                     "class_column": 9}, names)
+    return "", {}, names
 
 
 def _adapter(spec: DetectorSpec, out_shapes, order):

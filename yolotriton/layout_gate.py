@@ -95,8 +95,13 @@ def filters_own_candidates(spec: DetectorSpec, outputs: dict) -> bool:
     return boxes is not None and boxes.shape[1] < (spec.input_width // 32) * (spec.input_height // 32)
 
 
+NMS_BOX_ORDER = ("warning: the boxes come from the model's own NMS, whose outputs cannot tell xyxy from yxyx "
+                 "(both give plausible boxes): check one photo with `python -m client detect PHOTO --out annotated/` "
+                 "and look at the drawn boxes; if they are transposed, rebuild with the other --box-format")
+
+
 def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_threshold: float,
-                 declared: bool = False, accept: bool = False) -> list[str]:
+                 declared: bool = False, accept: bool = False, recognised: bool = False) -> list[str]:
     """Lines describing what was checked (warnings first); raises SpecError naming the likely fix when the
     layout of a Keras model looks misread and neither `declared` nor `accept` holds."""
     problems = _raw_problems(spec, outputs, declared) if spec.heads else _decoded_problems(spec, outputs)
@@ -139,6 +144,9 @@ def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_thres
     width = float(np.median(boxes[:, 2] - boxes[:, 0])) if len(boxes) else 0.0
     measured = (f"  {per_image:.1f} candidates per photo above {score_threshold}, {width:.0f} px median box width"
                 + (" (the model filters its own candidates)" if filtered else ""))
+    order = [NMS_BOX_ORDER] if spec.decoded is not None and spec.decoded.nms_applied and not recognised else []
+    if order and not problems:
+        return ["  " + order[0], measured + ": plausible"]
     if problems and declared:
         why = "the cfg declares the layout, so this does not stop the build"
         return [f"  warning: {p} ({why})" for p in problems] + [measured]
@@ -146,5 +154,5 @@ def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_thres
         return [f"  warning (--accept-layout): {p}" for p in problems] + [measured]
     if problems:
         raise SpecError("the output layout looks wrong for this model (decoded on the parity photos):\n  "
-                        + "\n  ".join(problems) + "\n  " + ACCEPT_HINT)
+                        + "\n  ".join(problems + order) + "\n  " + ACCEPT_HINT)
     return [measured + ": plausible"]

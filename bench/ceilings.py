@@ -190,7 +190,6 @@ def network_ceiling(model: str, batches=BATCHES, candidates: str | None = None, 
         rows.append({"batch": b, "images_per_s": ips})
         log(f"  network alone{label}{' + candidates' if candidates else ''}, input on the GPU, CUDA graph, "
             f"batch {b}: {ips:.0f} img/s")
-        del runs, sess
     cudart.cudaStreamDestroy(stream)
     return rows
 

@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import numpy as np  # noqa: E402
 
 import ceilings  # noqa: E402
 import run  # noqa: E402  (perf_input_file, cpu_breakdown: the same measurement as make bench)
@@ -227,7 +226,6 @@ def report(args):
     log = lambda *a: print(*a, flush=True)
     import onnxruntime as ort
 
-    from yolotriton import images
     from yolotriton.build import copy_repository, instance_summary, rerender
     from yolotriton.repository import spec_path
 

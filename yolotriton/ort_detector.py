@@ -136,7 +136,8 @@ class OrtDetector:
         if self.graphs:
             return self.graphs[n].run(parts)
         if self.per_image:
-            images = [p[i:i + 1] if isinstance(p, np.ndarray) else p.numpy()[i:i + 1] for p in parts for i in range(rows(p))]
+            host = [p if isinstance(p, np.ndarray) else p.numpy() for p in parts]  # each part copied once
+            images = [h[i:i + 1] for h in host for i in range(len(h))]
             padded = pad_stack([dict(zip(self.output_names, self._run(np.ascontiguousarray(x)))) for x in images])
             return [padded[name] for name in self.output_names]
         if self.cudart is None:

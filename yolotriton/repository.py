@@ -74,7 +74,7 @@ class RepositorySettings:
 
     name: str = "yolov4"
     target: str = "python"  # python | onnxruntime | tensorrt (resolved from auto by the caller)
-    max_batch_size: int = 8
+    max_batch_size: int = DEFAULT_MAX_BATCH
     # GPU preprocess: JPEGs per nvImageCodec call (0: the whole dynamic batch in one call). The hardware decoder
     # alone decoded batches of 8 fastest on the H200 (6,374 img/s; 4,000 at 32); served, same run, 8 gave 4,215
     # img/s against 4,009 for whole batches of up to 32 (docs/results/gpu-h200-tiny-defaults.md)

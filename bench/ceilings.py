@@ -2,9 +2,9 @@
 
 - `decode_ceiling(blobs)`: nvImageCodec decoding the photos' JPEG bytes, one decoder, with the hardware
   JPEG decoder alone, CUDA nvJPEG alone and both (the hardware decoder with CUDA taking what it leaves,
-  load-balanced), at batch sizes 8..128; then the best of those with 2, 4 and 6 decoders in parallel
-  threads (the served stubs decode in parallel too). The images stay on the GPU, each stream is
-  synchronized per batch. What the served path must do first for every image, at the library's best here.
+  load-balanced), at batch sizes 8..128. The images stay on the GPU, the stream is synchronized per
+  batch. What the served path must do first for every image, at the library's best here. (Several decoders
+  in parallel threads were tried on the H200 and crashed inside nvImageCodec; not measured.)
 - `network_ceiling(model, batches)`: the network alone with its input already on the GPU, as the
   server has it: a fixed device input, outputs left on the device, IO binding, one CUDA graph per batch
   size (ONNX Runtime's enable_cuda_graph), replayed back to back on one stream. Optionally followed by
@@ -37,9 +37,8 @@ def _median_rate(step, sync, images_per_call: int, seconds: float, calls: int = 
 
 
 def decode_ceiling(blobs: list[bytes], seconds: float = 1.5, batches=BATCHES, device_id: int = 0,
-                   log=print, threads=()) -> list[dict]:
-    """Rows {backend, batch, images_per_s} for each backend set and batch size, then the best of those with
-    several decoders at once (each with its own thread and stream), as the served stubs decode."""
+                   log=print) -> list[dict]:
+    """Rows {backend, batch, images_per_s} for each backend set and batch size."""
     from cuda.bindings import runtime as cudart
     from nvidia import nvimgcodec
 
@@ -85,53 +84,7 @@ def decode_ceiling(blobs: list[bytes], seconds: float = 1.5, batches=BATCHES, de
             rows.append({"backend": name, "batch": b, "images_per_s": ips})
             log(f"  decode alone, {name}, batch {b}: {ips:.0f} img/s")
     cudart.cudaStreamDestroy(stream)
-    top = best(rows)
-    if top is not None:  # the served path decodes in several stubs at once: so may the ceiling
-        for t in threads:
-            ips = _parallel_decode(blobs, sets[top["backend"]], top["batch"], t, params, device_id, seconds)
-            rows.append({"backend": f"{top['backend']}, {t} threads", "batch": top["batch"], "images_per_s": ips})
-            log(f"  decode alone, {top['backend']}, batch {top['batch']}, {t} threads (a decoder and stream each): "
-                f"{ips:.0f} img/s")
     return rows
-
-
-def _parallel_decode(blobs, backends, batch: int, threads: int, params, device_id: int, seconds: float) -> float:
-    """Images/s of `threads` decoders, each in its own thread with its own CUDA stream, decoding batches of
-    `batch` back to back for `seconds` (after one warm-up batch each)."""
-    import threading
-
-    from cuda.bindings import runtime as cudart
-    from nvidia import nvimgcodec
-
-    done, start_line, stop = [0] * threads, threading.Barrier(threads + 1), threading.Event()
-
-    def work(k):
-        cudart.cudaSetDevice(device_id)
-        _, stream = cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)
-        dec = nvimgcodec.Decoder(device_id=device_id, backends=backends,
-                                 options="nvjpeg_cuda_decoder:hybrid_huffman_threshold=0")
-        streams = [nvimgcodec.CodeStream(blobs[(i + k) % len(blobs)]) for i in range(batch)]
-        out = dec.decode(streams, params=params, cuda_stream=int(stream))
-        cudart.cudaStreamSynchronize(stream)
-        start_line.wait()
-        while not stop.is_set():
-            out = dec.decode(streams, params=params, cuda_stream=int(stream))
-            cudart.cudaStreamSynchronize(stream)
-            done[k] += len(out)
-        cudart.cudaStreamDestroy(stream)
-
-    pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
-    for t in pool:
-        t.start()
-    start_line.wait()
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    counted = sum(done)
-    elapsed = time.perf_counter() - t0
-    for t in pool:
-        t.join()
-    return counted / elapsed
 
 
 def network_ceiling(model: str, batches=BATCHES, candidates: str | None = None, seconds: float = 1.5,

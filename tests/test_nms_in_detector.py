@@ -105,3 +105,30 @@ def test_served_with_nms_in_detector_matches_opencv_and_the_three_model_ensemble
             assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
         again = infer_bytes(client, grpcclient, blobs[:1])  # the stub lives on
         np.testing.assert_array_equal(again["num_detections"], batch["num_detections"][:1])
+
+
+def test_requests_with_their_own_settings_in_one_batch(fused_repo, photos):
+    """Concurrent requests, some with settings of their own, that the dynamic batcher groups: the detector runs
+    the batch's NMS in one call when every request has the same settings and per request otherwise; each
+    answer equals the same request sent alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blobs = [p.read_bytes() for p in photos]
+    kinds = (None, {"score_threshold": 0.05}, {"max_detections": 2}, None)
+    jobs = [(blobs[i % len(blobs)], kinds[i % len(kinds)]) for i in range(48)]
+    with TritonServer(fused_repo) as s:
+        client = grpcclient.InferenceServerClient(s.grpc_url)
+        alone = {(i % len(blobs), i % len(kinds)): infer_bytes(client, grpcclient, [b], params=p)
+                 for i, (b, p) in enumerate(jobs[:len(blobs) * len(kinds)])}
+        clients = [grpcclient.InferenceServerClient(s.grpc_url) for _ in range(16)]
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda ij: infer_bytes(clients[ij[0] % 16], grpcclient, [ij[1][0]], params=ij[1][1]),
+                                enumerate(jobs)))
+        stats = client.get_inference_statistics("yolov4_detector").model_stats[0]
+        assert stats.execution_count < stats.inference_count  # some requests did share a batch
+    for i, res in enumerate(got):
+        ref = alone[(i % len(blobs), i % len(kinds))]
+        for k in ("num_detections", "classes"):
+            np.testing.assert_array_equal(res[k], ref[k], err_msg=f"request {i}")
+        np.testing.assert_allclose(res["boxes"], ref["boxes"], atol=1e-2, err_msg=f"request {i}")
+        np.testing.assert_allclose(res["scores"], ref["scores"], atol=1e-4, err_msg=f"request {i}")

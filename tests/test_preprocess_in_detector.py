@@ -52,9 +52,12 @@ def test_preprocess_in_detector_settings():
         RepositorySettings(target="tensorrt", decode="detector", nms="detector", preprocess_in="detector")
     with pytest.raises(RepositoryError, match="preprocess in 'gpu'"):
         RepositorySettings(preprocess_in="gpu")
-    # measured on the H200 (docs/results/gpu-h200-tiny-defaults.md): 8 per GPU served 4,441 img/s, 6 4,215
-    assert auto_instances(16, 1, "gpu", True, True, preprocess_in_detector=True)[:3] == (1, 8, 1)
-    assert auto_instances(16, 2, "gpu", True, True, preprocess_in_detector=True)[1] == 8  # per GPU: 8 on each
+    # measured on the 16-core H200 (docs/results/gpu-h200-instances.md): 12 per GPU served 4,933 img/s, 8 4,434,
+    # 16 4,634; three per four cores of each GPU, 4 to 12
+    whole = lambda cores, gpus: auto_instances(cores, gpus, "gpu", True, True, preprocess_in_detector=True)
+    assert whole(16, 1)[:3] == (1, 12, 1)
+    assert whole(16, 2)[1] == 6 and "on each of the 2 GPUs" in whole(16, 2)[3]  # per GPU: 6 on each
+    assert whole(64, 1)[1] == 12 and whole(4, 1)[1] == 4
 
 
 def test_cli_places_the_preprocess_and_sizes_the_detector(tmp_path, capsys):
@@ -63,7 +66,7 @@ def test_cli_places_the_preprocess_and_sizes_the_detector(tmp_path, capsys):
     assert "needs --nms detector" in capsys.readouterr().err and not out.exists()
     host = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "16", "--host-gpus", "1"])
     counts = lambda s: tuple(build_repo.instance_counts(host, s).values())[:3]
-    assert counts(RepositorySettings(**GPU_NMS, preprocess_in="detector")) == (1, 8, 1)
+    assert counts(RepositorySettings(**GPU_NMS, preprocess_in="detector")) == (1, 12, 1)
     assert counts(RepositorySettings(**GPU_NMS)) == (3, 4, 1)
 
 

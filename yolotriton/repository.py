@@ -79,6 +79,9 @@ class RepositorySettings:
     # alone decoded batches of 8 fastest on the H200 (6,374 img/s; 4,000 at 32); served, same run, 8 gave 4,215
     # img/s against 4,009 for whole batches of up to 32 (docs/results/gpu-h200-tiny-defaults.md)
     decode_batch: int = 8
+    # GPU preprocess: images per resize call (resize_x{k}.onnx, one ONNX Runtime run for k images of any sizes);
+    # 1: one run per image, which cost 0.19 ms of the stub's CPU per image on the H200
+    resize_batch: int = 8
     max_detections: int = 100
     score_threshold: float = 0.25  # darknet's detector default
     iou_threshold: float = 0.45  # darknet's NMS default
@@ -233,7 +236,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         parameters={"input_width": str(w), "input_height": str(h), "resize_mode": s.resize_mode,
                     "letterbox_fill": str(s.letterbox_fill), "max_pixels": str(s.max_pixels),
                     "max_bytes": str(s.max_bytes), "device": s.preprocess_device, "cuda_wait": s.cuda_wait,
-                    "decode_batch": str(s.decode_batch)})
+                    "decode_batch": str(s.decode_batch), "resize_batch": str(s.resize_batch)})
     on_gpu = s.detector_on_gpu
     det_common = dict(name=s.detector, inputs=pre.inputs if whole else [net_in, meta] if fused else [net_in],
                       outputs=final if fused else det_outs, max_batch_size=s.max_batch_size,
@@ -297,18 +300,19 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
         pre = det
     else:
         shutil.copy(TEMPLATES / "preprocess" / "model.py", pre / "model.py")
-        for stale in PREPROCESS_FILES:  # re-rendering a repository that had --preprocess-in detector
-            (det / stale).unlink(missing_ok=True)
+        for stale in (*PREPROCESS_FILES, *(p.name for p in det.glob("resize_x*.onnx"))):
+            (det / stale).unlink(missing_ok=True)  # re-rendering a repository that had --preprocess-in detector
     shutil.copy(PACKAGE_DIR / "images.py", pre / "images.py")
     shutil.copy(PACKAGE_DIR / "preprocess.py", pre / "preprocess.py")
-    for stale in ("gpu_images.py", "resize.onnx"):  # re-rendering a GPU repository for the CPU
-        (pre / stale).unlink(missing_ok=True)
+    for stale in ("gpu_images.py", "resize.onnx", *(p.name for p in pre.glob("resize_x*.onnx"))):
+        (pre / stale).unlink(missing_ok=True)  # re-rendering a GPU repository for the CPU, or another resize_batch
     if s.preprocess_device == "gpu":
-        from .resize_graph import write_resize_onnx
+        from .resize_graph import write_resize_batches, write_resize_onnx
 
         shutil.copy(PACKAGE_DIR / "gpu_images.py", pre / "gpu_images.py")
         shutil.copy(PACKAGE_DIR / "stage_times.py", pre / "stage_times.py")
         write_resize_onnx(pre / "resize.onnx", s.letterbox_fill)
+        write_resize_batches(pre, s.letterbox_fill, s.resize_batch)
     if s.nms == "detector":  # the detector does the postprocess's work: its code, spec and labels go there
         shutil.rmtree(root / s.postprocess, ignore_errors=True)  # re-rendering a three-model repository
         post = det
@@ -381,9 +385,11 @@ def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gp
     GPU with the postprocess model, 4 when the detector also runs NMS (its CPU time per batch grows).
     When the detector is the whole pipeline (--preprocess-in detector), each instance decodes, runs the
     network and NMS in turn: 6 per GPU fed the H100 on yolov4-tiny where 4 did not
-    (docs/results/gpu-h100-preprocess-in-detector.md); on the H200 with batches of up to 32, 8 served 4,441
-    img/s against 4,215 for 6 at 1.39 ms server CPU per image (docs/results/gpu-h200-tiny-defaults.md), and
-    YOLOv4 608 served the same with 4 or 6 (the GPU is the wall there, docs/results/gpu-h200-608.md).
+    (docs/results/gpu-h100-preprocess-in-detector.md); on the 16-core H200 with batches of up to 32, 8 served
+    4,434 img/s, 12 served 4,933 and 16 served 4,634 in one run (docs/results/gpu-h200-instances.md): each
+    instance's stream waits on the shared hardware JPEG decoder, and past 12 the waits grow faster than the
+    overlap. So three per four cores of a GPU, at least 4 and at most 12. YOLOv4 608 served the same with 4
+    or 6 (the GPU is the wall there, docs/results/gpu-h200-608.md).
 
     Counts of KIND_GPU models are per GPU: Triton's instance_group `count` creates that many instances on
     each GPU it lists, and on every visible GPU when it lists none (as rendered here, so a repository built
@@ -392,8 +398,9 @@ def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gp
     cores, gpus = max(1, cores), max(0, gpus)
     on_each = f"per GPU, on each of the {gpus} GPUs" if gpus > 1 else "per GPU"
     if detector_on_gpu and gpus and preprocess_in_detector:  # the preprocess and postprocess are not rendered
-        return 1, 8, 1, (f"{cores} cores, {gpus} GPUs: the detector is the whole pipeline (decode, resize, "
-                         f"network, NMS), 8 {on_each}")
+        each = min(12, max(4, cores // gpus * 3 // 4))
+        return 1, each, 1, (f"{cores} cores, {gpus} GPUs: the detector is the whole pipeline (decode, resize, "
+                            f"network, NMS), three per four cores of each GPU, 4 to 12: {each} {on_each}")
     if detector_on_gpu and gpus:
         detector = 4 if nms_in_detector else 3  # per GPU: one runs while the others gather, copy out, NMS
         post = 1 if nms_in_detector else max(1, cores // 4)  # not rendered when the detector does NMS

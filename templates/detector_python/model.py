@@ -22,6 +22,7 @@ pipeline. It takes the requests' IMAGE bytes or RAW_IMAGE arrays and preprocesse
 import json
 import os
 
+import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
@@ -107,18 +108,20 @@ class TritonPythonModel:
                      for i, t in tensors.items()}
         if not live:
             return responses
-        images = sum(rows(parts[i]) for i in live)
+        counts = [rows(parts[i]) for i in live]
         outputs = dict(zip(self.detector.output_names, self.detector([parts[i] for i in live])))
+        if self.post is not None and self.preprocess is None:
+            metas = {i: _host(pb_utils.get_input_tensor_by_name(requests[i], "image_meta")) for i in live}
+        together = self.post is not None and all(settings[i] == settings[live[0]] for i in live)
+        if together:  # the usual case, every request with the same settings: the batch's NMS in one call
+            outputs = self.post(outputs, np.concatenate([metas[i] for i in live]), settings[live[0]])
         start = 0
-        for i in live:
-            n = rows(parts[i])
+        for i, n in zip(live, counts):
             mine = {name: v[start:start + n] for name, v in outputs.items()}
             start += n
-            if self.post is not None:
-                meta = metas[i] if self.preprocess is not None else _host(
-                    pb_utils.get_input_tensor_by_name(requests[i], "image_meta"))
-                mine = self.post(mine, meta, settings[i])
+            if self.post is not None and not together:  # requests with settings of their own
+                mine = self.post(mine, metas[i], settings[i])
             responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(name, mine[name]) for name in self.output_names])
         self.times.mark("nms" if self.post is not None else "outputs")
-        self.times.finish(images)
+        self.times.finish(sum(counts))
         return responses

@@ -16,7 +16,7 @@ import build_repo
 from yolotriton import images
 from yolotriton.gpu_images import Resizer, geometry
 from yolotriton.repository import RepositoryError, RepositorySettings, auto_instances, model_configs
-from yolotriton.resize_graph import write_resize_batches, write_resize_onnx
+from yolotriton.resize_graph import write_resize_onnx
 from yolotriton.spec import DetectorSpec, YoloHead
 
 SPEC = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
@@ -54,32 +54,6 @@ def test_resize_graph_matches_opencv(tmp_path, photos, mode, fill):
         assert diff.mean() <= 0.2 / 255, photo.name
         if mode == "letterbox" and wh[0] != wh[1]:
             assert (out[0, 0] == np.float32(fill)).all() or (out[0, :, 0] == np.float32(fill)).all()
-
-
-@pytest.mark.parametrize("mode", ["stretch", "letterbox"])
-def test_resize_batches_equal_one_image_runs(tmp_path, photos, mode):
-    """resize_x{k}.onnx resizes k photos of different sizes in one run, each exactly as resize.onnx alone does,
-    into its own slot (the slots are out of order here, as the requests' batches are in the stub)."""
-    write_resize_onnx(tmp_path / "resize.onnx", 0.5)
-    write_resize_batches(tmp_path, 0.5, 3)
-    assert sorted(p.name for p in tmp_path.glob("resize_x*.onnx")) == ["resize_x2.onnx", "resize_x3.onnx"]
-    rz = Resizer(str(tmp_path / "resize.onnx"), 416, 416, mode, device="cpu",
-                 batch_onnx=(str(tmp_path / "resize_x2.onnx"), str(tmp_path / "resize_x3.onnx")))
-    assert rz.most == 3
-    decoded = [images.decode(p.read_bytes(), 416, 416) for p in photos[:3]]
-    decoded = [(np.array(rgb), wh) for rgb, wh in decoded]
-    assert len({wh for _, wh in decoded}) > 1  # different sizes in one call
-    alone = np.zeros((3, 416, 416, 3), np.float32)
-    metas = [rz.into(rgb, wh, alone[i:i + 1].ctypes.data) for i, (rgb, wh) in enumerate(decoded)]
-    together = np.zeros((3, 416, 416, 3), np.float32)
-    order = [2, 0, 1]
-    got = rz.many([(decoded[i][0], decoded[i][1], together[i:i + 1].ctypes.data) for i in order])
-    np.testing.assert_array_equal(together, alone)
-    for i, m in zip(order, got):
-        np.testing.assert_array_equal(m, metas[i])
-    pair = np.zeros((2, 416, 416, 3), np.float32)  # k = 2 has its own graph
-    rz.many([(decoded[1][0], decoded[1][1], pair[0:1].ctypes.data), (decoded[0][0], decoded[0][1], pair[1:2].ctypes.data)])
-    np.testing.assert_array_equal(pair, alone[[1, 0]])
 
 
 def test_geometry_matches_cpu_meta():
@@ -166,8 +140,6 @@ def test_gpu_decode_and_resize_match_cpu(tmp_path, photos):
     from yolotriton.gpu_images import GpuPreprocessor
 
     write_resize_onnx(tmp_path / "resize.onnx", 0.5)
-    write_resize_batches(tmp_path, 0.5, 4)
-    batches = tuple(str(tmp_path / f"resize_x{k}.onnx") for k in range(2, 5))
     for mode in ("stretch", "letterbox"):
         pre = GpuPreprocessor(str(tmp_path / "resize.onnx"), 416, 416, mode, images.DEFAULT_MAX_PIXELS,
                               images.DEFAULT_MAX_BYTES)
@@ -175,11 +147,6 @@ def test_gpu_decode_and_resize_match_cpu(tmp_path, photos):
         results = pre([blobs[:3], blobs[3:]])  # two requests, one decode call
         got = np.concatenate([np.asarray(r[0].numpy()) for r in results])
         metas = np.concatenate([r[1] for r in results])
-        # the images of both requests resized 4 per call (resize_batch 4) give the same pixels and metas
-        batched = GpuPreprocessor(str(tmp_path / "resize.onnx"), 416, 416, mode, images.DEFAULT_MAX_PIXELS,
-                                  images.DEFAULT_MAX_BYTES, resize_batches=batches)([blobs[:3], blobs[3:]])
-        np.testing.assert_array_equal(np.concatenate([np.asarray(r[0].numpy()) for r in batched]), got)
-        np.testing.assert_array_equal(np.concatenate([r[1] for r in batched]), metas)
         for i, data in enumerate(blobs):
             ref, ref_meta = images.preprocess_bytes(data, 416, 416, mode)
             np.testing.assert_allclose(metas[i], ref_meta, rtol=1e-6)
@@ -194,9 +161,7 @@ def test_gpu_bad_image_fails_only_its_request(tmp_path, photos):
     from yolotriton.gpu_images import GpuPreprocessor
 
     write_resize_onnx(tmp_path / "resize.onnx", 0.5)
-    write_resize_batches(tmp_path, 0.5, 8)  # the good images of all requests in one resize call, the PNG among them
-    pre = GpuPreprocessor(str(tmp_path / "resize.onnx"), 416, 416, "stretch", 10_000_000, images.DEFAULT_MAX_BYTES,
-                          resize_batches=tuple(str(tmp_path / f"resize_x{k}.onnx") for k in range(2, 9)))
+    pre = GpuPreprocessor(str(tmp_path / "resize.onnx"), 416, 416, "stretch", 10_000_000, images.DEFAULT_MAX_BYTES)
     good = photos[0].read_bytes()
     import cv2
 

@@ -7,8 +7,7 @@ when it runs on a GPU instance (copied into its folder beside images.py).
   return nothing for, are decoded on the CPU (images.decode) for that image only; an image neither
   can decode fails its own request, never the batch.
 - resize.onnx (see yolotriton/resize_graph.py) runs on ONNX Runtime's CUDA provider and writes
-  each image straight into its slot of the request's output batch (IO binding): no host copy. With
-  resize_x{k}.onnx beside it (`resize_batch` k > 1), the images of all requests are resized k per call.
+  each image straight into its slot of the request's output batch (IO binding): no host copy.
 - One CUDA stream per instance carries the decode and the resize in order; it is synchronized once
   per execute, before the outputs are handed to Triton through DLPack.
 """
@@ -53,7 +52,7 @@ class Resizer:
     """resize.onnx on one device; `into(image, out_ptr, ...)` writes one resized image at out_ptr."""
 
     def __init__(self, resize_onnx: str, net_w: int, net_h: int, mode: str, device: str = "cuda",
-                 device_id: int = 0, stream: int = 0, batch_onnx: tuple[str, ...] = ()):
+                 device_id: int = 0, stream: int = 0):
         self.net_w, self.net_h, self.mode = net_w, net_h, mode
         self.device, self.device_id = device, device_id
         opts = ort.SessionOptions()
@@ -69,11 +68,6 @@ class Resizer:
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"ONNX Runtime here lacks the CUDA provider (has {ort.get_available_providers()})")
         self.binding = self.session.io_binding()
-        # k images in one call (resize_graph's resize_x{k}.onnx: inputs image_i, sizes_i, pads_i per image)
-        self.batches: dict[int, tuple] = {}
-        for path in batch_onnx:
-            session = ort.InferenceSession(path, opts, providers=providers)
-            self.batches[len(session.get_inputs()) // 3] = (session, session.io_binding())
         # No stream synchronize at the end of each image's run: the caller synchronizes once per batch.
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -94,59 +88,23 @@ class Resizer:
         if isinstance(image, np.ndarray):
             b.bind_cpu_input("image", np.ascontiguousarray(image))
         else:
-            h, w, c = _device_shape(image)
-            b.bind_input("image", "cuda", self.device_id, np.uint8, [h, w, c], image.__cuda_array_interface__["data"][0])
+            cai = image.__cuda_array_interface__
+            h, w, c = cai["shape"]
+            if cai.get("strides") not in (None, (w * c, c, 1)):
+                raise ImageError(f"decoded image has a pitched layout {cai['strides']}: not supported")
+            b.bind_input("image", "cuda", self.device_id, np.uint8, [h, w, c], cai["data"][0])
         b.bind_cpu_input("sizes", sizes)
         b.bind_cpu_input("pads", pads)
         b.bind_output("resized", self.device, self.device_id, np.float32, [1, self.net_h, self.net_w, 3], out_ptr)
         self.session.run_with_iobinding(b, self.run_options)
         return meta
 
-    @property
-    def most(self) -> int:
-        """The most images one call resizes."""
-        return max(self.batches, default=1)
-
-    def many(self, entries: list[tuple]) -> list[np.ndarray]:
-        """`into` for up to `most` (image, orig_wh, out_ptr) entries in one ONNX Runtime call; their metas."""
-        if len(entries) == 1 or len(entries) not in self.batches:
-            return [self.into(*e) for e in entries]
-        session, b = self.batches[len(entries)]
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
-        metas = []
-        for i, (image, orig_wh, out_ptr) in enumerate(entries):
-            sizes, pads, meta = geometry(*orig_wh, self.net_w, self.net_h, self.mode)
-            metas.append(meta)
-            if isinstance(image, np.ndarray):
-                b.bind_cpu_input(f"image_{i}", np.ascontiguousarray(image)[None])
-            else:
-                h, w, c = _device_shape(image)
-                b.bind_input(f"image_{i}", "cuda", self.device_id, np.uint8, [1, h, w, c],
-                             image.__cuda_array_interface__["data"][0])
-            b.bind_cpu_input(f"sizes_{i}", sizes)
-            b.bind_cpu_input(f"pads_{i}", pads)
-            b.bind_output(f"resized_{i}", self.device, self.device_id, np.float32, [1, self.net_h, self.net_w, 3],
-                          out_ptr)
-        session.run_with_iobinding(b, self.run_options)
-        return metas
-
-
-def _device_shape(image) -> tuple[int, int, int]:
-    """(h, w, c) of a decoded image in GPU memory; ImageError for a pitched layout the graph cannot read."""
-    cai = image.__cuda_array_interface__
-    h, w, c = cai["shape"]
-    if cai.get("strides") not in (None, (w * c, c, 1)):
-        raise ImageError(f"decoded image has a pitched layout {cai['strides']}: not supported")
-    return h, w, c
-
 
 class GpuPreprocessor:
     """Decode (nvImageCodec) + resize (ONNX Runtime CUDA) for a list of requests' encoded images."""
 
     def __init__(self, resize_onnx: str, net_w: int, net_h: int, mode: str, max_pixels: int, max_bytes: int,
-                 device_id: int = 0, cuda_wait: str = "spin", decode_batch: int = 0,
-                 resize_batches: tuple[str, ...] = ()):
+                 device_id: int = 0, cuda_wait: str = "spin", decode_batch: int = 0):
         from cuda.bindings import runtime as cudart
         from nvidia import nvimgcodec
 
@@ -158,7 +116,7 @@ class GpuPreprocessor:
         if cuda_wait == "block":  # the stream synchronize sleeps instead of spinning a core
             _cuda_check(cudart.cudaSetDeviceFlags(cudart.cudaDeviceScheduleBlockingSync))
         self.stream = int(_cuda_check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
-        self.resizer = Resizer(resize_onnx, net_w, net_h, mode, "cuda", device_id, self.stream, resize_batches)
+        self.resizer = Resizer(resize_onnx, net_w, net_h, mode, "cuda", device_id, self.stream)
         kinds = nvimgcodec.BackendKind
         # GPU backends only: a JPEG none of them decodes goes to images.decode (libjpeg-turbo), as on the CPU path.
         self.decoder = nvimgcodec.Decoder(
@@ -199,7 +157,7 @@ class GpuPreprocessor:
             for item, img in zip(chunk, self.decoder.decode(streams, params=self.params, cuda_stream=self.stream)):
                 item[3] = img
         self.times.mark("decode", self.stream)
-        results, keep, entries, slots = [], [], [], []  # entries: (image, orig_wh, out_ptr); slots: (meta, row)
+        results, keep = [], []
         for row in checked:
             err = next((x for x in row if isinstance(x, ImageError)), None)
             if err is not None:
@@ -208,27 +166,17 @@ class GpuPreprocessor:
             out = ort.OrtValue.ortvalue_from_shape_and_type([len(row), self.net_h, self.net_w, 3], np.float32,
                                                             "cuda", self.device_id)
             meta = np.empty((len(row), 6), np.float32)
-            mine = []
             try:
                 for i, (data, fmt, wh, img) in enumerate(row):
                     if img is None:  # PNG/BMP, or a JPEG the GPU could not decode: the CPU decoder's turn
                         img, wh = images.decode(data, self.net_w, self.net_h, self.max_pixels, self.max_bytes)
                         img = np.array(img)  # own the pixels: the CPU decoder reuses its buffer
-                    else:
-                        _device_shape(img)  # a layout the graph cannot read fails this request, before any resize
-                    mine.append((img, wh, out.data_ptr() + i * self.resizer.slot_bytes))
+                    keep.append(img)  # alive until the stream is synchronized
+                    meta[i] = self.resizer.into(img, wh, out.data_ptr() + i * self.resizer.slot_bytes)
             except ImageError as e:
                 results.append(e.in_request(i, len(row)))
                 continue
-            entries += mine
-            slots += [(meta, i) for i in range(len(mine))]
-            keep.append(out)
             results.append((out, meta))
-        keep += [e[0] for e in entries]  # alive until the stream is synchronized
-        step = self.resizer.most  # the images of all requests together, `most` per ONNX Runtime call
-        for start in range(0, len(entries), step):
-            for (meta, i), m in zip(slots[start:start + step], self.resizer.many(entries[start:start + step])):
-                meta[i] = m
         self.times.mark("resize", self.stream)
         _cuda_check(self.cudart.cudaStreamSynchronize(self.stream))
         return results

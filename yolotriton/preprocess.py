@@ -34,7 +34,7 @@ def triton_input(request, name: str) -> np.ndarray | None:
 
 class RequestPreprocessor:
     """Settings from the model config's string parameters: input_width/height, resize_mode, letterbox_fill,
-    max_pixels, max_bytes, device (cpu|gpu), cuda_wait, decode_batch and resize_batch (GPU)."""
+    max_pixels, max_bytes, device (cpu|gpu) and cuda_wait."""
 
     def __init__(self, params: dict[str, str], folder: str, device_id: int = 0, log=print):
         self.width, self.height = int(params["input_width"]), int(params["input_height"])
@@ -48,11 +48,9 @@ class RequestPreprocessor:
                 from .gpu_images import GpuPreprocessor
             except ImportError:
                 from gpu_images import GpuPreprocessor
-            most = int(params.get("resize_batch", "1"))  # images per resize call: resize_x{k}.onnx, k = 2..most
-            batches = tuple(os.path.join(folder, f"resize_x{k}.onnx") for k in range(2, most + 1))
             self.gpu = GpuPreprocessor(os.path.join(folder, "resize.onnx"), self.width, self.height, self.mode,
                                        self.max_pixels, self.max_bytes, device_id, params.get("cuda_wait", "spin"),
-                                       decode_batch=int(params.get("decode_batch", "0")), resize_batches=batches)
+                                       decode_batch=int(params.get("decode_batch", "0")))
         if images.simplejpeg is None:
             log("simplejpeg is not installed in the stub's environment: JPEGs the CPU decodes go through OpenCV "
                 "instead (same pixels, about 1 ms slower per photo)")

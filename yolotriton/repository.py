@@ -79,9 +79,6 @@ class RepositorySettings:
     # alone decoded batches of 8 fastest on the H200 (6,374 img/s; 4,000 at 32); served, same run, 8 gave 4,215
     # img/s against 4,009 for whole batches of up to 32 (docs/results/gpu-h200-tiny-defaults.md)
     decode_batch: int = 8
-    # GPU preprocess: images per resize call (resize_x{k}.onnx, one ONNX Runtime run for k images of any sizes);
-    # 1: one run per image, which cost 0.19 ms of the stub's CPU per image on the H200
-    resize_batch: int = 8
     max_detections: int = 100
     score_threshold: float = 0.25  # darknet's detector default
     iou_threshold: float = 0.45  # darknet's NMS default
@@ -236,7 +233,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
         parameters={"input_width": str(w), "input_height": str(h), "resize_mode": s.resize_mode,
                     "letterbox_fill": str(s.letterbox_fill), "max_pixels": str(s.max_pixels),
                     "max_bytes": str(s.max_bytes), "device": s.preprocess_device, "cuda_wait": s.cuda_wait,
-                    "decode_batch": str(s.decode_batch), "resize_batch": str(s.resize_batch)})
+                    "decode_batch": str(s.decode_batch)})
     on_gpu = s.detector_on_gpu
     det_common = dict(name=s.detector, inputs=pre.inputs if whole else [net_in, meta] if fused else [net_in],
                       outputs=final if fused else det_outs, max_batch_size=s.max_batch_size,
@@ -300,19 +297,18 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
         pre = det
     else:
         shutil.copy(TEMPLATES / "preprocess" / "model.py", pre / "model.py")
-        for stale in (*PREPROCESS_FILES, *(p.name for p in det.glob("resize_x*.onnx"))):
-            (det / stale).unlink(missing_ok=True)  # re-rendering a repository that had --preprocess-in detector
+        for stale in PREPROCESS_FILES:  # re-rendering a repository that had --preprocess-in detector
+            (det / stale).unlink(missing_ok=True)
     shutil.copy(PACKAGE_DIR / "images.py", pre / "images.py")
     shutil.copy(PACKAGE_DIR / "preprocess.py", pre / "preprocess.py")
-    for stale in ("gpu_images.py", "resize.onnx", *(p.name for p in pre.glob("resize_x*.onnx"))):
-        (pre / stale).unlink(missing_ok=True)  # re-rendering a GPU repository for the CPU, or another resize_batch
+    for stale in ("gpu_images.py", "resize.onnx"):  # re-rendering a GPU repository for the CPU
+        (pre / stale).unlink(missing_ok=True)
     if s.preprocess_device == "gpu":
-        from .resize_graph import write_resize_batches, write_resize_onnx
+        from .resize_graph import write_resize_onnx
 
         shutil.copy(PACKAGE_DIR / "gpu_images.py", pre / "gpu_images.py")
         shutil.copy(PACKAGE_DIR / "stage_times.py", pre / "stage_times.py")
         write_resize_onnx(pre / "resize.onnx", s.letterbox_fill)
-        write_resize_batches(pre, s.letterbox_fill, s.resize_batch)
     if s.nms == "detector":  # the detector does the postprocess's work: its code, spec and labels go there
         shutil.rmtree(root / s.postprocess, ignore_errors=True)  # re-rendering a three-model repository
         post = det

@@ -103,3 +103,20 @@ def test_raw_heads_without_anchors_name_the_missing_piece(tiny_detector, tmp_pat
     tiny_detector.model.save(path)
     with pytest.raises(SpecError, match="raw YOLO heads need anchors.*--anchors"):
         import_model(ImportOptions(keras=path))
+
+
+def test_scores_and_classes_told_apart_by_dtype_and_values():
+    """importer.scores_and_classes on an NMS model's outputs (boxes, a, b, count): argument plumbing, no model."""
+    from yolotriton.importer import scores_and_classes
+
+    boxes = np.zeros((2, 4, 4), np.float32)
+    count = np.array([3, 1])
+    classes = np.array([[0, 17, 2, 0], [5, 0, 0, 0]], np.float32)
+    scores = np.array([[0.9, 0.5, 0.31, 0], [0.77, 0, 0, 0]], np.float32)
+    assert scores_and_classes([boxes, classes, scores, count], [1, 2], 3, 80) == (2, 1)
+    assert scores_and_classes([boxes, scores, classes, count], [1, 2], 3, 80) == (1, 2)
+    assert scores_and_classes([boxes, scores, classes.astype(np.int32), count], [1, 2], 3, 80) == (1, 2)  # dtype
+    # no detection on the photos, classes all 0, or classes at or above the class count: they do not tell
+    assert scores_and_classes([boxes, scores, classes, np.array([0, 0])], [1, 2], 3, 80) is None
+    assert scores_and_classes([boxes, scores, np.zeros_like(classes), count], [1, 2], 3, 80) is None
+    assert scores_and_classes([boxes, scores, classes, count], [1, 2], 3, 10) is None

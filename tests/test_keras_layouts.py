@@ -4,7 +4,8 @@ the fix. These models are our own constructions of each layout, for the flags an
 packages' models, made by the packages themselves, are tested in test_tf2_packages.py.
 
 - partly activated heads (sigmoid on xy/obj/cls, scale_x_y applied, wh raw: hhk7734's layout);
-- rank-5 heads [N,S,S,A,5+C]; a model ending in combined NMS with yxyx boxes and named outputs;
+- rank-5 heads [N,S,S,A,5+C]; a model ending in combined NMS with yxyx boxes and outputs whose names do not
+  say which is which (told apart by their values);
 - one decoded output with extra columns (cx,cy,w,h normalized, 4 raw, obj, classes: tf-yolov4's layout);
 - a tf.keras 2 SavedModel whose convolutions end in BatchNorm + Mish (the oneDNN fusion crash).
 """
@@ -90,7 +91,8 @@ def licht_t_model(tiny):
 
 
 def save_nms_savedmodel(tiny, path):
-    """sicara's inference model: decode, then tf.image.combined_non_max_suppression (boxes yxyx in [0, 1])."""
+    """A model ending in tf.image.combined_non_max_suppression (boxes yxyx in [0, 1]) whose outputs are named
+    output_0..3."""
     import keras
     import tensorflow as tf
     from keras import ops
@@ -110,8 +112,10 @@ def save_nms_savedmodel(tiny, path):
         b, s = decoded(images)
         out = tf.image.combined_non_max_suppression(b[:, :, None, :], s, 100, 100, iou_threshold=0.45,
                                                     score_threshold=0.25, clip_boxes=False)
-        return {"boxes": out.nmsed_boxes, "scores": out.nmsed_scores, "classes": out.nmsed_classes,
-                "count": out.valid_detections}
+        # names that do not say which is which, classes first in the signature's (sorted) order: the importer
+        # tells scores from classes by their values on the parity photos
+        return {"output_0": out.nmsed_boxes, "output_1": out.nmsed_classes, "output_2": out.nmsed_scores,
+                "output_3": out.valid_detections}
 
     module = tf.Module()
     module.model = decoded
@@ -135,14 +139,16 @@ def layouts_repo(tmp_path_factory, tiny_detector, default_model, photos):
     }
     merged = tmp / "repository"
     merged.mkdir()
+    logs = {}
     for name, (path, layout) in cases.items():
+        logs[name] = []
         out = build(BuildOptions(source=ImportOptions(keras=path, names=default_model.names, layout=layout),
                                  repo=RepositorySettings(name=name), output=tmp / f"repo-{name}",
-                                 parity_images=tuple(photos[:2]), log=lambda *_: None))
+                                 parity_images=tuple(photos[:2]), log=logs[name].append))
         for model in out.iterdir():
             if model.is_dir():
                 shutil.copytree(model, merged / model.name)
-    return tmp, merged
+    return tmp, merged, logs
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +168,13 @@ def test_layout_served_matches_opencv(layouts_server, name, photos, default_mode
         assert_same_detections(ours, ref, context=f"{name} {photo.name}")
         total += len(ref[0])
     assert total >= 20
+
+
+def test_nms_outputs_without_telling_names_are_told_apart_by_their_values(layouts_repo):
+    """output_1 holds the classes and output_2 the scores: the build log says how it told them apart (the
+    served test above shows it told them right), and the parity photos gave detections to tell by."""
+    log = "\n".join(layouts_repo[2]["nms"])
+    assert "scores 'output_2' and classes 'output_1' told apart by their values on the parity photos" in log, log
 
 
 def _refused(capsys, args, tmp_path) -> str:

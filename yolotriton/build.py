@@ -120,7 +120,7 @@ def _build_local(opts: BuildOptions) -> Path:
 
         check_tensorrt_rtx_available()
     t = time.perf_counter()
-    det = import_model(opts.source)
+    det = import_model(dataclasses.replace(opts.source, probe_images=opts.source.probe_images or opts.parity_images))
     spec = det.spec
     log(f"[import] {det.source}: {spec.input_width}x{spec.input_height}, {spec.num_classes} classes, "
         f"{spec.layout} outputs {list(spec.output_names)} ({time.perf_counter() - t:.1f}s)")

@@ -33,6 +33,7 @@ class ImportOptions:
     layout: dict = field(default_factory=dict)  # raw|decoded|nms, anchors, masks, scale_x_y, new_coords, box_format, ...
     custom_objects: str | None = None  # module (name or .py path) whose import registers the model's custom classes
     accept_layout: bool = False  # --accept-layout (or the layout file's "accept_layout": true)
+    probe_images: tuple[Path, ...] = ()  # photos that tell outputs apart by value where names do not (the parity photos)
 
 
 def import_model(opts: ImportOptions) -> ImportedDetector:
@@ -43,7 +44,7 @@ def import_model(opts: ImportOptions) -> ImportedDetector:
         layout.update({k: v for k, v in opts.layout.items() if v is not None})
         accept = bool(layout.pop("accept_layout", False)) or opts.accept_layout
         det = import_keras(Path(opts.keras), read_names(opts.names) if opts.names else (), layout,
-                           load_custom_objects(opts.custom_objects))
+                           load_custom_objects(opts.custom_objects), opts.probe_images)
         det.accept_layout = accept
         return det
     if not (opts.cfg and opts.weights):
@@ -143,7 +144,7 @@ def _load(path: Path, custom_objects: dict | None = None):
 
 
 def import_keras(path: Path, class_names: tuple[str, ...], layout: dict,
-                 custom_objects: dict | None = None) -> ImportedDetector:
+                 custom_objects: dict | None = None, probe_images: tuple[Path, ...] = ()) -> ImportedDetector:
     kind, obj = _load(path, custom_objects)
     if kind == "savedmodel":
         sig = obj.signatures["serving_default"]
@@ -175,11 +176,28 @@ def import_keras(path: Path, class_names: tuple[str, ...], layout: dict,
 
     recognised, known, names = recognise(in_shape, out_shapes, out_names, class_names, layout)
     layout = {**known, **layout}  # the flags still override what the package's layout says
-    spec, order = infer_spec(path.name, in_shape, out_shapes, class_names, layout, names)
+    probe = _Probe(raw_call, probe_images)
+    spec, order = infer_spec(path.name, in_shape, out_shapes, class_names, layout, names, probe if probe_images else None)
     adapt = _adapter(spec, out_shapes, order)
-    return ImportedDetector(model=model, spec=spec, recognised=recognised, source=f"{kind} {path.name}" + (
-        f" (recognised {recognised}: " + ", ".join(f"{k} {v}" for k, v in known.items()) + ")" if recognised else ""),
+    notes = ([f"recognised {recognised}: " + ", ".join(f"{k} {v}" for k, v in known.items())] if recognised else []) + \
+        ([probe.told] if probe.told else [])
+    return ImportedDetector(model=model, spec=spec, recognised=recognised,
+                            source=f"{kind} {path.name}" + (f" ({'; '.join(notes)})" if notes else ""),
                             call=lambda x: adapt([raw_call(x)[i] for i in order]), trackable=obj)
+
+
+class _Probe:
+    """The model's raw outputs on sample photos (stretched to its input size, [0, 1]), for telling outputs
+    apart by their values; `told` says what it decided, for the build log."""
+
+    def __init__(self, raw_call, photos):
+        self.raw_call, self.photos, self.told = raw_call, tuple(photos), ""
+
+    def __call__(self, h: int, w: int) -> list[np.ndarray]:
+        from . import images
+
+        x = np.stack([images.preprocess_bytes(Path(p).read_bytes(), w, h, "stretch")[0] for p in self.photos])
+        return [np.asarray(o) for o in self.raw_call(x)]
 
 
 SICARA_NAME = re.compile(r"^YOLOv3_head(_\d+)?(:\d+)?$")
@@ -255,8 +273,10 @@ def _pairs(v) -> list[tuple[float, float]]:
 
 
 def infer_spec(label: str, in_shape, out_shapes, class_names, layout: dict,
-               out_names=None) -> tuple[DetectorSpec, list[int]]:
-    """Describe the outputs; returns the spec and the order that maps model outputs to spec outputs."""
+               out_names=None, probe=None) -> tuple[DetectorSpec, list[int]]:
+    """Describe the outputs; returns the spec and the order that maps model outputs to spec outputs.
+    `probe(h, w)`, where given, runs the model on sample photos and returns its outputs (numpy, model order):
+    an NMS model's scores and classes are told apart by their values when their names do not tell."""
     if len(in_shape) != 4 or in_shape[-1] != 3:
         raise SpecError(f"{label}: input shape {in_shape} is not NHWC with 3 channels")
     h, w = in_shape[1], in_shape[2]
@@ -275,7 +295,7 @@ def infer_spec(label: str, in_shape, out_shapes, class_names, layout: dict,
     if kind == "raw":
         return _raw_spec(label, h, w, out_shapes, class_names, layout)
     if kind == "nms":
-        return _nms_spec(label, h, w, out_shapes, class_names, layout, out_names or [""] * len(out_shapes))
+        return _nms_spec(label, h, w, out_shapes, class_names, layout, out_names or [""] * len(out_shapes), probe)
     return _decoded_spec(label, h, w, out_shapes, class_names, layout)
 
 
@@ -339,8 +359,9 @@ def _need_box_format(label, layout):
                         "pass --box-format xyxy|yxyx|cxcywh (and --normalized-boxes if they are in [0,1])")
 
 
-def _nms_spec(label, h, w, out_shapes, class_names, layout, names):
-    """boxes [N,K,4], scores [N,K], classes [N,K], count [N]: told apart by rank, then by name."""
+def _nms_spec(label, h, w, out_shapes, class_names, layout, names, probe=None):
+    """boxes [N,K,4], scores [N,K], classes [N,K], count [N]: told apart by rank, then by name, then by the
+    values the model gives on sample photos (`probe`)."""
     _need_box_format(label, layout)
     if sorted(len(s) for s in out_shapes) != [1, 2, 2, 3] or out_shapes[[len(s) for s in out_shapes].index(3)][-1] != 4:
         raise SpecError(f"{label}: an NMS layout is boxes [N,K,4], scores [N,K], classes [N,K], count [N]; "
@@ -351,20 +372,53 @@ def _nms_spec(label, h, w, out_shapes, class_names, layout, names):
     named = {i: str(names[i]).lower() for i in pair}
     scores = [i for i in pair if "score" in named[i]]
     classes = [i for i in pair if "class" in named[i] or "label" in named[i]]
+    if not (layout.get("num_classes") or class_names):
+        raise SpecError(f"{label}: a model that ends in NMS does not show its class count: pass --names or --num-classes")
+    num_classes = int(layout.get("num_classes") or len(class_names))
     if len(scores) == 1 and len(classes) == 1 and scores != classes:
         order = [boxes, scores[0], classes[0], count]
     elif not any(named.values()) or names == [""] * len(names):
         order = [boxes, pair[0], pair[1], count]  # unnamed: combined_non_max_suppression's order
     else:
-        raise SpecError(f"{label}: cannot tell scores from classes among outputs {[names[i] for i in pair]}: "
-                        "name them with 'score' and 'class'")
-    if not (layout.get("num_classes") or class_names):
-        raise SpecError(f"{label}: a model that ends in NMS does not show its class count: pass --names or --num-classes")
-    num_classes = int(layout.get("num_classes") or len(class_names))
+        told = scores_and_classes(probe(h, w), pair, count, num_classes) if probe else None
+        if told is None:
+            raise SpecError(f"{label}: cannot tell scores from classes among outputs {[names[i] for i in pair]}: "
+                            "neither their names nor their values on the parity photos tell (scores lie in [0, 1] "
+                            "and are not all whole; classes are whole numbers below the class count); name them "
+                            "with 'score' and 'class'")
+        order = [boxes, told[0], told[1], count]
+        probe.told = (f"scores {names[told[0]]!r} and classes {names[told[1]]!r} told apart by their values on the "
+                      "parity photos")
     dec = DecodedLayout(box_format=layout["box_format"], normalized=bool(layout.get("normalized_boxes", False)),
                         outputs=NMS_OUTPUTS)
     return DetectorSpec(input_height=h, input_width=w, num_classes=num_classes, decoded=dec,
                         class_names=tuple(class_names)), order
+
+
+def scores_and_classes(outputs: list, pair: list[int], count: int, num_classes: int) -> tuple[int, int] | None:
+    """(scores, classes) among the two [N, K] outputs of an NMS model, told by their dtypes and by their values
+    in the rows the count says are detections; None when they do not tell (no detection on the photos, or
+    both look alike). Classes: the one integer output, else whole numbers in [0, num_classes) with some
+    other than 0; scores: in [0, 1] and not all whole."""
+    ints = [i for i in pair if np.issubdtype(np.asarray(outputs[i]).dtype, np.integer)]
+    if len(ints) == 1:
+        return next(i for i in pair if i != ints[0]), ints[0]
+    first = np.asarray(outputs[pair[0]])
+    n = np.asarray(outputs[count]).reshape(len(first), -1)[:, 0].astype(np.int64)
+    valid = np.arange(first.shape[1])[None, :] < n[:, None]
+    if not valid.any():
+        return None
+    looks = {}
+    for i in pair:
+        v = np.asarray(outputs[i], np.float64)[valid]
+        whole = bool(np.all(v == np.round(v)))
+        if whole and v.min() >= 0 and v.max() < num_classes and v.max() > 0:
+            looks["classes"] = looks.get("classes", []) + [i]
+        elif not whole and v.min() >= 0 and v.max() <= 1:
+            looks["scores"] = looks.get("scores", []) + [i]
+    if len(looks.get("scores", [])) == 1 and len(looks.get("classes", [])) == 1:
+        return looks["scores"][0], looks["classes"][0]
+    return None
 
 
 def _decoded_spec(label, h, w, out_shapes, class_names, layout):

@@ -102,21 +102,41 @@ def licht_t(out: Path, weights608: Path, x608lb: np.ndarray, sizes: np.ndarray, 
 
     tf.saved_model.save(model.model, str(out / "licht_t"), signatures={"serving_default": serve})
     # The package's own predict() on our letterboxed pixels: its preprocess is swapped for ours (same geometry,
-    # tf.image.resize_with_pad's: centred, fill 0), everything after it is the package's code.
-    results = {"boxes": [], "scores": [], "classes": []}
-    for x, (h, w) in zip(x608lb, sizes):
-        image_util.preprocess = lambda image, size, x=x: tf.constant(x)
-        frame = np.zeros((int(h), int(w), 3), np.uint8)  # only its shape is read after the preprocess
-        b, c, s = model.predict(frame)
-        results["boxes"].append(b)
-        results["classes"].append(c)
-        results["scores"].append(s)
-    n = max(len(b) for b in results["boxes"])
-    pad = lambda a, shape: np.concatenate([a, np.zeros((n - len(a), *shape), a.dtype)]) if len(a) < n else a
-    ref.update(licht_boxes=np.stack([pad(np.asarray(b, np.float32).reshape(-1, 4), (4,)) for b in results["boxes"]]),
-               licht_scores=np.stack([pad(np.asarray(s, np.float32), ()) for s in results["scores"]]),
-               licht_classes=np.stack([pad(np.asarray(c, np.int64), ()) for c in results["classes"]]),
-               licht_count=np.array([len(b) for b in results["boxes"]]))
+    # tf.image.resize_with_pad's: centred, fill 0), everything after it is the package's code. Run twice:
+    # - as it is ("licht"). It runs its NMS over every box, those wholly in the letterbox padding too, keeps
+    #   the best 50, and only then drops boxes whose x2 * y2 <= 0 (wholly above or left of the photo): where
+    #   padding boxes score high it returns fewer boxes, and it keeps those wholly right of or below the photo;
+    # - with TensorFlow's combined_non_max_suppression, which its predict() calls, given every box wholly outside
+    #   the photo at score 0 ("licht_onphoto"): what the served pipeline does, which drops those boxes before
+    #   top-K and NMS. Nothing else differs.
+    real_nms = tf.image.combined_non_max_suppression
+    photo = {}
+
+    def on_photo_nms(boxes, scores, *args, **kwargs):  # boxes [1, N, 1, 4]: x1, y1, x2, y2 in photo pixels
+        b = np.asarray(boxes).reshape(-1, 4)
+        off = (b[:, 2] <= 0) | (b[:, 0] >= photo["w"]) | (b[:, 3] <= 0) | (b[:, 1] >= photo["h"])
+        return real_nms(boxes, np.where(off[None, :, None], 0, scores).astype(np.float32), *args, **kwargs)
+
+    for key, nms in (("licht", real_nms), ("licht_onphoto", on_photo_nms)):
+        results = {"boxes": [], "scores": [], "classes": []}
+        tf.image.combined_non_max_suppression = nms
+        try:
+            for x, (h, w) in zip(x608lb, sizes):
+                photo.update(h=int(h), w=int(w))
+                image_util.preprocess = lambda image, size, x=x: tf.constant(x)
+                frame = np.zeros((int(h), int(w), 3), np.uint8)  # only its shape is read after the preprocess
+                b, c, s = model.predict(frame)
+                results["boxes"].append(b)
+                results["classes"].append(c)
+                results["scores"].append(s)
+        finally:
+            tf.image.combined_non_max_suppression = real_nms
+        n = max(1, max(len(b) for b in results["boxes"]))
+        pad = lambda a, shape: np.concatenate([a, np.zeros((n - len(a), *shape), a.dtype)]) if len(a) < n else a
+        ref.update({f"{key}_boxes": np.stack([pad(np.asarray(b, np.float32).reshape(-1, 4), (4,)) for b in results["boxes"]]),
+                    f"{key}_scores": np.stack([pad(np.asarray(s, np.float32), ()) for s in results["scores"]]),
+                    f"{key}_classes": np.stack([pad(np.asarray(c, np.int64), ()) for c in results["classes"]]),
+                    f"{key}_count": np.array([len(b) for b in results["boxes"]])})
 
 
 def _cfg_hhk7734_reads(cfg: Path, copy: Path, yolo) -> Path:

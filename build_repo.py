@@ -64,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--max-detections", type=int, default=100)
     out.add_argument("--score-threshold", type=float, default=0.25)
     out.add_argument("--iou-threshold", type=float, default=0.45)
+    out.add_argument("--nms-kind", choices=("greedy", "diou"),
+                     help="greedy: darknet's greedynms, class-aware IoU NMS; diou: darknet's diounms, --iou-threshold "
+                          "then bounds IoU - (centre distance / enclosing diagonal)^(2 beta) (default: the cfg's "
+                          "nms_kind for --cfg, else greedy)")
+    out.add_argument("--beta-nms", type=float, help="diounms's beta_nms (default: the cfg's, else darknet's 0.6)")
+    out.add_argument("--best-class-only", action="store_true",
+                     help="after NMS each box keeps only its best class (default: every class above the threshold)")
     out.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
     out.add_argument("--max-pixels", type=int, default=50_000_000, help="largest image accepted (decoded pixels)")
     out.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="largest encoded image accepted")
@@ -185,7 +192,9 @@ def main(argv=None) -> int:
             name=args.name, target=target,
             max_batch_size=args.max_batch_size or (GPU_MAX_BATCH if gpu_python else DEFAULT_MAX_BATCH),
             max_detections=args.max_detections, score_threshold=args.score_threshold,
-            iou_threshold=args.iou_threshold, resize_mode=args.resize, max_pixels=args.max_pixels,
+            iou_threshold=args.iou_threshold, nms_kind=args.nms_kind or "greedy",
+            beta_nms=0.6 if args.beta_nms is None else args.beta_nms,
+            best_class_only=args.best_class_only, resize_mode=args.resize, max_pixels=args.max_pixels,
             max_bytes=args.max_bytes,
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=precision,
@@ -226,6 +235,7 @@ def main(argv=None) -> int:
                            plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=decode,
                            nms=nms, preprocess_in=args.preprocess_in,
                            fp16_fallback=args.detector_precision == "auto",
+                           nms_from_model=tuple(k for k in ("nms_kind", "beta_nms") if getattr(args, k) is None),
                            instances=lambda resolved: instance_counts(args, resolved)))
         if deploy is not None:
             from yolotriton.deploy import render_deploy

@@ -107,3 +107,33 @@ def test_gpu_build_defaults_and_fp16_fallback(tmp_path, capsys, photos):
     assert build_repo.main([*common, "--detector-precision", "fp16", "--output", str(tmp_path / "never")]) == 2
     assert "FP16 changes the detections" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_darknet_cfg_nms_kind_is_served(tmp_path, capsys, default_model):
+    """A cfg whose [yolo] layers say nms_kind=diounms (the scaled-YOLOv4 cfgs do) is served with darknet's
+    DIoU-NMS and the cfg's beta_nms, with a build-log line; --nms-kind overrides; an unknown kind is refused."""
+    import json
+
+    text = default_model.cfg.read_text()
+    assert text.count("nms_kind=greedynms") == 2
+    cfg = tmp_path / "diou.cfg"
+    cfg.write_text(text.replace("nms_kind=greedynms", "nms_kind=diounms").replace("beta_nms=0.6", "beta_nms=0.8"))
+    base = ["--cfg", str(cfg), "--weights", str(default_model.weights), "--names", str(default_model.names)]
+
+    def built(*extra):
+        out = tmp_path / f"repo{len(list(tmp_path.iterdir()))}"
+        assert build_repo.main([*base, *extra, "--output", str(out)]) == 0
+        params = (out / "yolov4_postprocess" / "config.pbtxt").read_text()
+        return capsys.readouterr().out, params, json.loads((out / "settings.json").read_text())
+
+    log, params, settings = built()
+    assert "the cfg declares nms_kind=diounms beta_nms=0.8" in log, log
+    assert (settings["nms_kind"], settings["beta_nms"]) == ("diou", 0.8)
+    assert 'key: "nms_kind" value: { string_value: "diou" }' in params
+    _, _, settings = built("--nms-kind", "greedy")
+    assert settings["nms_kind"] == "greedy"
+    _, _, settings = built("--beta-nms", "0.5")
+    assert (settings["nms_kind"], settings["beta_nms"]) == ("diou", 0.5)
+    cfg.write_text(text.replace("nms_kind=greedynms", "nms_kind=cornernms"))
+    assert build_repo.main([*base, "--output", str(tmp_path / "never")]) == 2
+    assert "nms_kind=cornernms is not supported" in capsys.readouterr().err

@@ -155,3 +155,35 @@ def test_letterbox_boxes_wholly_in_the_padding_are_dropped():
     stretch = meta.copy()
     stretch[0, 4:] = 0  # no padding: nothing is dropped
     assert Decoder(json.loads(spec.to_json()))({"decoded_boxes": boxes, "decoded_scores": scores}, stretch, 0.25, 0.45, 10)[0][0, 0] == 3
+
+
+def test_diou_nms_and_best_class_only():
+    """darknet's diounms, worked by hand: DIoU = IoU - (d^2 / c^2)^beta. Two boxes of IoU 0.8 with the same
+    centre: DIoU 0.8 > 0.6, the second is dropped; IoU 0.667 with centres 0.2 apart in a 1 x 1.2 enclosing box:
+    0.667 - (0.04 / 2.44)^0.6 = 0.582, kept (greedy IoU NMS at 0.6 drops it). Classes are separate;
+    best_class keeps one class a box."""
+    from yolotriton.detections import Decoder, best_class, diou_nms
+
+    a = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
+    inner = np.array([0.0, 0.0, 1.0, 0.8], np.float32) + np.array([0, 0.1, 0, 0.1], np.float32)  # same centre
+    shifted = np.array([0.0, 0.2, 1.0, 1.2], np.float32)  # IoU 0.8/1.2, centres 0.2 apart, enclosing diagonal^2 2.44
+    boxes = np.stack([a, inner, shifted, a])
+    scores = np.array([0.9, 0.8, 0.7, 0.5], np.float32)
+    classes = np.array([0, 0, 0, 1])
+    assert sorted(diou_nms(boxes, scores, classes, 0.6, 0.6).tolist()) == [0, 2, 3]
+    d = 0.8 / 1.2 - (0.04 / 2.44) ** 0.6
+    assert sorted(diou_nms(boxes, scores, classes, d - 1e-4, 0.6).tolist()) == [0, 3]  # just below: dropped too
+    assert sorted(diou_nms(boxes, scores, classes, d + 1e-4, 0.6).tolist()) == [0, 2, 3]
+    # box 0 and box 3 are one box with two classes: best_class keeps class 0's 0.9
+    assert sorted(best_class(boxes, scores, np.array([0, 2, 3])).tolist()) == [0, 2]
+    # through the Decoder: decoded boxes in pixels, multi-label by default, one class a box on request
+    spec = {"input_height": 100, "input_width": 100, "num_classes": 2,
+            "decoded": {"outputs": ["decoded_boxes", "decoded_scores"], "box_format": "xyxy", "normalized": False}}
+    out = {"decoded_boxes": (np.stack([a, inner, shifted]) * 100)[None],
+           "decoded_scores": np.array([[[0.9, 0.5], [0.8, 0.0], [0.7, 0.0]]], np.float32)}
+    meta = np.array([[100, 100, 1, 1, 0, 0]], np.float32)
+    num = lambda **kw: int(Decoder(spec, **kw)(out, meta, 0.25, 0.6, 10)[0][0, 0])
+    assert num() == 2  # greedy IoU: class 0's box a (inner and shifted dropped) and class 1's box a
+    assert num(nms_kind="diou") == 3  # shifted survives
+    assert num(nms_kind="diou", best_class_only=True) == 2  # box a only as class 0
+    assert num(best_class_only=True) == 1

@@ -48,6 +48,13 @@ def test_nms_settings():
         RepositorySettings(nms="detector")
     with pytest.raises(RepositoryError, match="nms 'gpu'"):
         RepositorySettings(nms="gpu")
+    # the NMS rule reaches whichever model runs NMS (--nms-kind, --beta-nms, --best-class-only)
+    assert (det.parameters["nms_kind"], det.parameters["best_class_only"]) == ("greedy", "off")
+    (_, _, post), _ = model_configs(RAW, RepositorySettings(nms_kind="diou", beta_nms=0.5, best_class_only=True))
+    assert (post.parameters["nms_kind"], post.parameters["beta_nms"], post.parameters["best_class_only"]) == \
+        ("diou", "0.5", "on")
+    with pytest.raises(RepositoryError, match="expected greedy or diou"):
+        RepositorySettings(nms_kind="soft")
 
 
 def test_cli_refuses_nms_in_detector_without_its_decode_before_building(tmp_path, capsys):

@@ -53,6 +53,8 @@ class BuildOptions:
     instances: Callable[[RepositorySettings], dict] | None = None
     # --detector-precision auto: FP16 was chosen, not asked for; if its accuracy gate refuses, serve FP32 (one log line)
     fp16_fallback: bool = False
+    # the NMS settings the flags left open (nms_kind, beta_nms): served as the source declares them (a darknet cfg)
+    nms_from_model: tuple[str, ...] = ()
     log: object = field(default=functools.partial(print, flush=True))  # progress shows when piped too
 
 
@@ -124,6 +126,12 @@ def _build_local(opts: BuildOptions) -> Path:
     spec = det.spec
     log(f"[import] {det.source}: {spec.input_width}x{spec.input_height}, {spec.num_classes} classes, "
         f"{spec.layout} outputs {list(spec.output_names)} ({time.perf_counter() - t:.1f}s)")
+    declared = dataclasses.replace(s, **{k: v for k, v in det.nms_rule.items() if k in opts.nms_from_model})
+    if declared.nms_kind == "diou" and (declared.nms_kind, declared.beta_nms) != (s.nms_kind, s.beta_nms):
+        s = declared  # darknet's default (greedynms) needs no line; diounms, or the cfg's beta_nms for it, does
+        log(f"[nms] the cfg declares nms_kind={'diounms' if det.nms_rule['nms_kind'] == 'diou' else 'greedynms'} "
+            f"beta_nms={det.nms_rule['beta_nms']}: served with darknet's DIoU-NMS, beta {s.beta_nms} "
+            "(--nms-kind greedy overrides)")
     s = dataclasses.replace(s, decode=resolve_decode(opts.decode, s, spec))
     s = dataclasses.replace(s, nms=resolve_nms(opts.nms, s))
     s = dataclasses.replace(s, preprocess_in=resolve_preprocess_in(opts.preprocess_in, s))

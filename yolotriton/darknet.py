@@ -95,6 +95,7 @@ class DarknetGraph:
     model: object  # keras.Model
     spec: DetectorSpec
     convs: list[ConvRecord] = field(default_factory=list)
+    nms: dict = field(default_factory=dict)  # the cfg's NMS rule (_nms_rule)
 
     @property
     def weight_count(self) -> int:
@@ -212,7 +213,16 @@ def build_graph(sections: list[Section], class_names: tuple[str, ...] = ()) -> D
         raise CfgError("the cfg has no [yolo] layer: nothing to detect with")
     spec = _head_spec(heads, height, width, class_names)
     model = keras.Model(inp, [t for _, t in heads], name="darknet")
-    return DarknetGraph(model, spec, convs)
+    return DarknetGraph(model, spec, convs, _nms_rule(heads[0][0]))
+
+
+def _nms_rule(yolo: Section) -> dict:
+    """The NMS darknet runs for this cfg (first [yolo]'s nms_kind and beta_nms, darknet's defaults greedynms and
+    0.6), as RepositorySettings fields."""
+    kind = yolo.get("nms_kind", "greedynms")
+    if kind not in ("greedynms", "diounms"):
+        raise CfgError(f"[yolo] at line {yolo.line}: nms_kind={kind} is not supported (greedynms or diounms)")
+    return {"nms_kind": "diou" if kind == "diounms" else "greedy", "beta_nms": yolo.get("beta_nms", 0.6, float)}
 
 
 def _head_spec(heads, height: int, width: int, class_names) -> DetectorSpec:
@@ -300,4 +310,5 @@ def import_darknet(cfg: str | Path, weights: str | Path, names: str | Path | Non
         raise FileNotFoundError(f"weights file not found: {weights}")
     graph = build_graph(parse_cfg(cfg), class_names)
     load_weights(graph, weights)
-    return ImportedDetector(model=graph.model, spec=graph.spec, source=f"darknet {Path(cfg).name} + {Path(weights).name}")
+    return ImportedDetector(model=graph.model, spec=graph.spec, source=f"darknet {Path(cfg).name} + {Path(weights).name}",
+                            nms_rule=graph.nms)

@@ -8,7 +8,7 @@ results come from the same code.
 Work is vectorised per batch: objectness is thresholded first, so class sigmoids and box
 decoding touch only the few candidates that can still pass (10,647 x 80 scores for YOLOv4-416
 would cost milliseconds; the survivors cost microseconds). Class-aware NMS is OpenCV's
-`NMSBoxesBatched`, called once per image.
+`NMSBoxesBatched` (darknet's greedynms), called once per image; darknet's diounms (`diou_nms`) on request.
 """
 from __future__ import annotations
 
@@ -28,6 +28,20 @@ CANDIDATE_OUTPUTS = ("candidate_boxes", "candidate_scores", "candidate_classes")
 FINAL_OUTPUTS = ("num_detections", "boxes", "scores", "classes")
 # What a request may change through its parameters (max_detections only down to 1, never above the configured).
 OVERRIDABLE = ("score_threshold", "iou_threshold", "max_detections")
+# The NMS rule (model config parameters; build_repo.py --nms-kind, --beta-nms, --best-class-only):
+# "greedy": darknet's greedynms, class-aware IoU NMS (OpenCV's NMSBoxesBatched); "diou": darknet's diounms,
+# which suppresses a box when IoU - (centre distance^2 / enclosing diagonal^2)^beta_nms exceeds the threshold.
+NMS_KINDS = ("greedy", "diou")
+
+
+def nms_options(params: dict[str, str]) -> dict:
+    """Decoder keyword arguments for the NMS rule from a model config's string parameters (absent: greedy,
+    darknet's beta_nms 0.6, every class above the threshold)."""
+    kind = params.get("nms_kind", "greedy")
+    if kind not in NMS_KINDS:
+        raise ValueError(f"nms_kind {kind!r}: expected one of {', '.join(NMS_KINDS)}")
+    return {"nms_kind": kind, "beta_nms": float(params.get("beta_nms", "0.6")),
+            "best_class_only": params.get("best_class_only", "off") == "on"}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -51,9 +65,13 @@ class Decoder:
     `from_candidates`: the detector already decoded its heads into CANDIDATE_OUTPUTS (candidates_graph.py).
     """
 
-    def __init__(self, spec: dict, pre_nms_top_k: int = PRE_NMS_TOP_K, from_candidates: bool = False):
+    def __init__(self, spec: dict, pre_nms_top_k: int = PRE_NMS_TOP_K, from_candidates: bool = False,
+                 nms_kind: str = "greedy", beta_nms: float = 0.6, best_class_only: bool = False):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.from_candidates = bool(from_candidates)
+        # the NMS rule (NMS_KINDS); best_class_only: after NMS each box keeps only its best surviving class
+        # (hhk7734's yolov4 does so), instead of every class above the threshold (darknet's detector output)
+        self.nms_kind, self.beta_nms, self.best_class_only = nms_kind, float(beta_nms), bool(best_class_only)
         self.height, self.width = int(spec["input_height"]), int(spec["input_width"])
         self.num_classes = int(spec["num_classes"])
         self.heads = []
@@ -176,10 +194,15 @@ class Decoder:
                 bb, ss, cc = bb[top], ss[top], cc[top]
             if self.nms_applied:
                 keep = np.arange(len(ss))
+            elif self.nms_kind == "diou":
+                keep = diou_nms(bb / np.array([self.width, self.height] * 2, np.float32), ss, cc, iou_threshold,
+                                self.beta_nms)
             else:
                 xywh = np.concatenate([bb[:, :2], bb[:, 2:] - bb[:, :2]], axis=1)
                 keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh, ss, cc, score_threshold, iou_threshold),
                                   np.int64).ravel()
+            if self.best_class_only and not self.nms_applied:
+                keep = best_class(bb, ss, keep)
             keep = keep[np.argsort(-ss[keep], kind="stable")][:k]
             n = len(keep)
             num[b, 0] = n
@@ -206,6 +229,50 @@ class Decoder:
         return out
 
 
+def diou_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, threshold: float, beta: float) -> np.ndarray:
+    """darknet's diounms, class by class: best score first, a box is dropped when its DIoU with a kept box of
+    its class, IoU - (d^2 / c^2)^beta (d: distance between the centres, c: diagonal of the smallest box
+    enclosing both), exceeds `threshold`. Boxes x1, y1, x2, y2 in input-relative coordinates, as darknet's.
+    Returns the kept indices. (OpenCV and ONNX Runtime have IoU NMS only.)"""
+    keep = []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        b = boxes[idx].astype(np.float32)
+        alive = np.ones(len(idx), bool)
+        for i in range(len(idx)):
+            if not alive[i]:
+                continue
+            keep.append(idx[i])
+            rest = np.flatnonzero(alive[i + 1:]) + i + 1
+            if not len(rest):
+                break
+            a, o = b[i], b[rest]
+            in_w = np.minimum(a[2], o[:, 2]) - np.maximum(a[0], o[:, 0])
+            in_h = np.minimum(a[3], o[:, 3]) - np.maximum(a[1], o[:, 1])
+            inter = np.where((in_w > 0) & (in_h > 0), in_w * in_h, 0)
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (o[:, 2] - o[:, 0]) * (o[:, 3] - o[:, 1]) - inter
+            out_w = np.maximum(a[2], o[:, 2]) - np.minimum(a[0], o[:, 0])
+            out_h = np.maximum(a[3], o[:, 3]) - np.minimum(a[1], o[:, 1])
+            diag = out_w ** 2 + out_h ** 2
+            dist = ((a[0] + a[2]) - (o[:, 0] + o[:, 2])) ** 2 / 4 + ((a[1] + a[3]) - (o[:, 1] + o[:, 3])) ** 2 / 4
+            with np.errstate(divide="ignore", invalid="ignore"):
+                diou = np.where(union > 0, inter / union, 0) - np.where(diag > 0, (dist / diag) ** beta, 0)
+            alive[rest[diou > threshold]] = False
+    return np.asarray(keep, np.int64)
+
+
+def best_class(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Of the kept (box, class) pairs, each box's best-scoring class only (a box's pairs share its coordinates)."""
+    if len(keep) == 0:
+        return keep
+    _, box_id = np.unique(boxes[keep], axis=0, return_inverse=True)
+    order = np.lexsort((-scores[keep], box_id.ravel()))  # by box, best score first
+    first = np.ones(len(order), bool)
+    first[1:] = box_id.ravel()[order][1:] != box_id.ravel()[order][:-1]
+    return keep[order[first]]
+
+
 class Postprocessor:
     """The served postprocess of one request: a Decoder with the model's configured thresholds, which the
     request may override through its parameters (OVERRIDABLE; max_detections at most the configured one).
@@ -216,7 +283,7 @@ class Postprocessor:
     """
 
     def __init__(self, spec: dict, params: dict[str, str]):
-        self.decoder = Decoder(spec, from_candidates=params.get("inputs") == "candidates")
+        self.decoder = Decoder(spec, from_candidates=params.get("inputs") == "candidates", **nms_options(params))
         self.defaults = {"score_threshold": float(params["score_threshold"]),
                          "iou_threshold": float(params["iou_threshold"]),
                          "max_detections": int(params["max_detections"])}

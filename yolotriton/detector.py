@@ -4,7 +4,7 @@ Its own module so the importers (darknet.py, importer.py) and the exporter depen
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,6 +24,7 @@ class ImportedDetector:
     declared_layout: bool = False  # the source states the layout exactly (a darknet cfg): the layout gate only informs
     accept_layout: bool = False  # --accept-layout: the user vouches for the layout; the gate's doubts become warnings
     recognised: str = ""  # a known package's model (importer.recognise): its layout comes from that package
+    nms_rule: dict = field(default_factory=dict)  # the NMS the source declares (a darknet cfg's nms_kind, beta_nms)
 
     def __call__(self, images):
         if self.call is not None:

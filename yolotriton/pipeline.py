@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import images
-from .detections import Decoder
+from .detections import Decoder, nms_options
 from .repository import spec_path, validate_repository
 
 
@@ -37,7 +37,7 @@ class LocalPipeline:
         self.fill = float(pre.get("letterbox_fill", images.LETTERBOX_FILL))
         self.score_threshold, self.iou_threshold = float(post["score_threshold"]), float(post["iou_threshold"])
         self.max_detections = int(post["max_detections"])
-        self.decoder = Decoder(json.loads(spec_path(Path(repository), name).read_text()))
+        self.decoder = Decoder(json.loads(spec_path(Path(repository), name).read_text()), **nms_options(post))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         model_file = det.get("model_file", "model.onnx")  # the gated FP16 ONNX where the build chose it

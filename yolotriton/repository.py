@@ -82,6 +82,9 @@ class RepositorySettings:
     max_detections: int = 100
     score_threshold: float = 0.25  # darknet's detector default
     iou_threshold: float = 0.45  # darknet's NMS default
+    nms_kind: str = "greedy"  # detections.NMS_KINDS: darknet's greedynms (default) or diounms
+    beta_nms: float = 0.6  # diounms's exponent (darknet's cfg key beta_nms, default 0.6)
+    best_class_only: bool = False  # after NMS, each box only with its best class (default: every class above)
     resize_mode: str = "stretch"  # darknet resizes without keeping the aspect ratio
     max_pixels: int = 50_000_000
     max_bytes: int = 64 * 1024 * 1024
@@ -131,6 +134,9 @@ class RepositorySettings:
                 raise RepositoryError(f"{k} must be at least 1, got {getattr(self, k)}")
         if not (0 <= self.score_threshold <= 1 and 0 <= self.iou_threshold <= 1):
             raise RepositoryError("thresholds must lie in [0, 1]")
+        if self.nms_kind not in ("greedy", "diou") or not self.beta_nms > 0:
+            raise RepositoryError(f"NMS kind {self.nms_kind!r} with beta_nms {self.beta_nms}: expected greedy or diou, "
+                                  "and beta_nms above 0")
         if self.trt_accelerator and self.target != "onnxruntime":
             raise RepositoryError("the TensorRT execution accelerator is an option of --target onnxruntime")
         if self.detector_device not in ("cpu", "gpu") or self.detector_precision not in ("fp32", "fp16"):
@@ -221,7 +227,9 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
     final = [Tensor(n, t, d, label_filename="labels.txt" if n == "classes" else None) for n, t, d in zip(
         FINAL_OUTPUTS, ("TYPE_INT32", "TYPE_FP32", "TYPE_FP32", "TYPE_INT32"), ((1,), (k, 4), (k,), (k,)))]
     thresholds = {"score_threshold": str(s.score_threshold), "iou_threshold": str(s.iou_threshold),
-                  "max_detections": str(k), "inputs": "candidates" if s.decode == "detector" else "heads"}
+                  "max_detections": str(k), "inputs": "candidates" if s.decode == "detector" else "heads",
+                  "nms_kind": s.nms_kind, "beta_nms": str(s.beta_nms),
+                  "best_class_only": "on" if s.best_class_only else "off"}
     fused = s.nms == "detector"  # the detector answers with the final detections
     whole = s.preprocess_in == "detector"  # ... and takes the images: it is the whole pipeline
     pre = ModelConfig(

@@ -133,9 +133,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def instance_counts(args, s):
+def instance_counts(args, s, spec=None):
     """--instances auto|P,D,Q plus the per-model overrides, for the repository layout `s` (RepositorySettings,
-    as resolved once the model is imported): the RepositorySettings fields of the three counts and the reason."""
+    as resolved once the model is imported) and the model (`spec`, once known: a network of three heads or
+    more, or of unknown heads, is sized as GPU-bound): the RepositorySettings fields of the counts and why."""
     from yolotriton.build import local_host
     from yolotriton.repository import auto_instances
 
@@ -143,8 +144,9 @@ def instance_counts(args, s):
         cores, gpus = local_host()
         cores = args.host_cores if args.host_cores is not None else cores
         gpus = args.host_gpus if args.host_gpus is not None else gpus
+        heavy = spec is not None and len(spec.heads) != 2
         *counts, reason = auto_instances(cores, gpus, s.preprocess_device, s.detector_on_gpu,
-                                         s.nms == "detector", s.preprocess_in == "detector")
+                                         s.nms == "detector", s.preprocess_in == "detector", heavy)
         reason = "auto: " + reason
     else:
         try:
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
                            nms=nms, preprocess_in=args.preprocess_in,
                            fp16_fallback=args.detector_precision == "auto",
                            nms_from_model=tuple(k for k in ("nms_kind", "beta_nms") if getattr(args, k) is None),
-                           instances=lambda resolved: instance_counts(args, resolved)))
+                           instances=lambda resolved, spec: instance_counts(args, resolved, spec)))
         if deploy is not None:
             from yolotriton.deploy import render_deploy
 

@@ -58,6 +58,9 @@ def test_preprocess_in_detector_settings():
     assert whole(16, 1)[:3] == (1, 12, 1)
     assert whole(16, 2)[1] == 6 and "on each of the 2 GPUs" in whole(16, 2)[3]  # per GPU: 6 on each
     assert whole(64, 1)[1] == 12 and whole(4, 1)[1] == 4
+    # a network of three heads (full YOLOv4, GPU-bound): 608 served the same with 4 and 6, so at most 6
+    heavy = auto_instances(16, 1, "gpu", True, True, preprocess_in_detector=True, heavy=True)
+    assert heavy[1] == 6 and "three heads" in heavy[3]
 
 
 def test_cli_places_the_preprocess_and_sizes_the_detector(tmp_path, capsys):
@@ -67,6 +70,10 @@ def test_cli_places_the_preprocess_and_sizes_the_detector(tmp_path, capsys):
     host = build_repo.parse_args(["--detector-device", "gpu", "--host-cores", "16", "--host-gpus", "1"])
     counts = lambda s: tuple(build_repo.instance_counts(host, s).values())[:3]
     assert counts(RepositorySettings(**GPU_NMS, preprocess_in="detector")) == (1, 12, 1)
+    full = DetectorSpec(608, 608, 80, heads=tuple(YoloHead(f"head_{i}", ((10, 14),) * 3, s, (608 // s, 608 // s))
+                                                  for i, s in enumerate((8, 16, 32))))
+    assert tuple(build_repo.instance_counts(host, RepositorySettings(**GPU_NMS, preprocess_in="detector"),
+                                            full).values())[:3] == (1, 6, 1)
     assert counts(RepositorySettings(**GPU_NMS)) == (3, 4, 1)
 
 

@@ -50,7 +50,7 @@ class BuildOptions:
     preprocess_in: str = "auto"  # --preprocess-in: auto | preprocess | detector (resolved after nms)
     # the instance counts (RepositorySettings fields) for the resolved layout: build_repo.instance_counts; None
     # keeps the counts in `repo`
-    instances: Callable[[RepositorySettings], dict] | None = None
+    instances: Callable[[RepositorySettings, DetectorSpec], dict] | None = None
     # --detector-precision auto: FP16 was chosen, not asked for; if its accuracy gate refuses, serve FP32 (one log line)
     fp16_fallback: bool = False
     # the NMS settings the flags left open (nms_kind, beta_nms): served as the source declares them (a darknet cfg)
@@ -136,7 +136,7 @@ def _build_local(opts: BuildOptions) -> Path:
     s = dataclasses.replace(s, nms=resolve_nms(opts.nms, s))
     s = dataclasses.replace(s, preprocess_in=resolve_preprocess_in(opts.preprocess_in, s))
     if opts.instances is not None:  # sized for the layout this model gets, known only now
-        s = dataclasses.replace(s, **opts.instances(s))
+        s = dataclasses.replace(s, **opts.instances(s, spec))
     if not opts.parity_images:
         raise ValueError("no images for the parity gate")
     batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode, s.letterbox_fill)

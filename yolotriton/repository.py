@@ -377,7 +377,8 @@ def spec_path(root: Path, name: str = "yolov4") -> Path:
 
 
 def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gpu: bool,
-                   nms_in_detector: bool = False, preprocess_in_detector: bool = False) -> tuple[int, int, int, str]:
+                   nms_in_detector: bool = False, preprocess_in_detector: bool = False,
+                   heavy: bool = False) -> tuple[int, int, int, str]:
     """(preprocess, detector, postprocess) instance counts for a serving host, and why.
 
     Measured basis: on 2 cores, 2 preprocess + 2 single-thread detectors + 1 postprocess was the best
@@ -392,8 +393,9 @@ def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gp
     (docs/results/gpu-h100-preprocess-in-detector.md); on the 16-core H200 with batches of up to 32, 8 served
     4,434 img/s, 12 served 4,933 and 16 served 4,634 in one run (docs/results/gpu-h200-instances.md): each
     instance's stream waits on the shared hardware JPEG decoder, and past 12 the waits grow faster than the
-    overlap. So three per four cores of a GPU, at least 4 and at most 12. YOLOv4 608 served the same with 4
-    or 6 (the GPU is the wall there, docs/results/gpu-h200-608.md).
+    overlap. So three per four cores of a GPU, at least 4 and at most 12. A `heavy` network (three YOLO heads
+    or more, as full YOLOv4, or heads not known) is the GPU's wall, not the decode: YOLOv4 608 served the same
+    512 img/s with 4 or 6 (docs/results/gpu-h200-608.md), so at most 6 there, the count measured and loaded.
 
     Counts of KIND_GPU models are per GPU: Triton's instance_group `count` creates that many instances on
     each GPU it lists, and on every visible GPU when it lists none (as rendered here, so a repository built
@@ -402,9 +404,11 @@ def auto_instances(cores: int, gpus: int, preprocess_device: str, detector_on_gp
     cores, gpus = max(1, cores), max(0, gpus)
     on_each = f"per GPU, on each of the {gpus} GPUs" if gpus > 1 else "per GPU"
     if detector_on_gpu and gpus and preprocess_in_detector:  # the preprocess and postprocess are not rendered
-        each = min(12, max(4, cores // gpus * 3 // 4))
+        most = 6 if heavy else 12
+        each = min(most, max(4, cores // gpus * 3 // 4))
         return 1, each, 1, (f"{cores} cores, {gpus} GPUs: the detector is the whole pipeline (decode, resize, "
-                            f"network, NMS), three per four cores of each GPU, 4 to 12: {each} {on_each}")
+                            f"network, NMS), three per four cores of each GPU, 4 to {most}"
+                            f"{' (a network of three heads: the GPU is its wall)' if heavy else ''}: {each} {on_each}")
     if detector_on_gpu and gpus:
         detector = 4 if nms_in_detector else 3  # per GPU: one runs while the others gather, copy out, NMS
         post = 1 if nms_in_detector else max(1, cores // 4)  # not rendered when the detector does NMS

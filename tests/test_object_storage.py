@@ -5,7 +5,9 @@ moto[server]). Credentials and endpoint are the standard AWS variables, for boto
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -199,8 +201,15 @@ def test_client_balances_replicas_and_survives_one_dying(s3, built_repo, photos,
         def chaos():
             time.sleep(4)
             shares["b before kill"] = served_count(servers[1])
-            servers[1].process.kill()  # SIGKILL: no graceful shutdown
+            # SIGKILL, no graceful shutdown, to the server and its Python-backend stubs (a pod dies whole; the
+            # stubs of a server killed alone would outlive the test)
+            stubs = subprocess.run(["pgrep", "-P", str(servers[1].process.pid)], capture_output=True,
+                                   text=True).stdout.split()
+            servers[1].process.kill()
             servers[1].process.wait()
+            for pid in stubs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
             time.sleep(2)
             servers[1] = TritonServer(path, log_path=tmp_path / "triton-1b.log", http_port=servers[1].http_port,
                                       grpc_port=servers[1].grpc_port, metrics_port=servers[1].metrics_port)

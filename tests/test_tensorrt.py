@@ -14,7 +14,7 @@ import yaml
 import build_repo
 from fake_tensorrt import FakeTensorRT
 from yolotriton import plan
-from yolotriton.build import load_parity_batch
+from yolotriton.images import preprocess_files
 from yolotriton.plan import (PlanError, PlanOptions, build_plan, check_plan, fp16_gate, profile_shapes, to_fp16)
 from yolotriton.repository import RepositorySettings, validate_repository
 
@@ -75,7 +75,7 @@ def test_fp16_conversion_keeps_io_types_and_passes_the_gate(built_repo, tmp_path
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in m.graph.initializer)
     spec = (built_repo / "yolov4_postprocess" / "1" / "spec.json").read_text()
-    batch = load_parity_batch(photos, 416, 416, "stretch")
+    batch = preprocess_files(photos, 416, 416, "stretch")
     report = fp16_gate(fp32, fp16, spec, batch)
     assert report.ok, report.problems
     assert report.matched >= 20 and report.worst_iou >= 0.9 and report.worst_score_delta <= 0.05
@@ -92,7 +92,7 @@ def test_fp16_gate_rejects_a_damaged_model(built_repo, tmp_path, photos):
     bias.CopyFrom(onnx.numpy_helper.from_array(arr, bias.name))
     onnx.save(m, str(tmp_path / "damaged.onnx"))
     spec = (built_repo / "yolov4_postprocess" / "1" / "spec.json").read_text()
-    report = fp16_gate(fp32, tmp_path / "damaged.onnx", spec, load_parity_batch(photos[:4], 416, 416, "stretch"))
+    report = fp16_gate(fp32, tmp_path / "damaged.onnx", spec, preprocess_files(photos[:4], 416, 416, "stretch"))
     assert not report.ok
 
 

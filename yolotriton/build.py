@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from . import images
 from .importer import ImportOptions, import_model
 from .plan import DEFAULT_NGC_TAG, PlanError, PlanOptions
@@ -75,10 +73,6 @@ def local_host() -> tuple[int, int]:
     if visible is not None:
         gpus = min(gpus, len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
     return cores, gpus
-
-
-def load_parity_batch(paths, width: int, height: int, mode: str, fill: float = images.LETTERBOX_FILL) -> np.ndarray:
-    return np.stack([images.preprocess_bytes(Path(p).read_bytes(), width, height, mode, fill=fill)[0] for p in paths])
 
 
 def _swap_in(staging: Path, output: Path) -> None:
@@ -139,7 +133,8 @@ def _build_local(opts: BuildOptions) -> Path:
         s = dataclasses.replace(s, **opts.instances(s, spec))
     if not opts.parity_images:
         raise ValueError("no images for the parity gate")
-    batch = load_parity_batch(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode, s.letterbox_fill)
+    batch = images.preprocess_files(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode,
+                                    s.letterbox_fill)
 
     output = Path(opts.output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -188,3 +189,8 @@ def preprocess_array(rgb: np.ndarray, net_w: int, net_h: int, mode: str = "stret
         raise ImageError(f"raw image must be uint8 [height, width, 3] RGB, got {rgb.dtype} {list(rgb.shape)}")
     check_limits(rgb.shape[1], rgb.shape[0], max_pixels)
     return resize(np.ascontiguousarray(rgb), net_w, net_h, mode, None, out, fill)
+
+
+def preprocess_files(paths, width: int, height: int, mode: str = "stretch", fill: float = LETTERBOX_FILL) -> np.ndarray:
+    """Image files -> one float32 [n, height, width, 3] batch (the build's parity photos, the importer's probe)."""
+    return np.stack([preprocess_bytes(Path(p).read_bytes(), width, height, mode, fill=fill)[0] for p in paths])

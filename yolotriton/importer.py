@@ -196,8 +196,7 @@ class _Probe:
     def __call__(self, h: int, w: int) -> list[np.ndarray]:
         from . import images
 
-        x = np.stack([images.preprocess_bytes(Path(p).read_bytes(), w, h, "stretch")[0] for p in self.photos])
-        return [np.asarray(o) for o in self.raw_call(x)]
+        return [np.asarray(o) for o in self.raw_call(images.preprocess_files(self.photos, w, h))]
 
 
 SICARA_NAME = re.compile(r"^YOLOv3_head(_\d+)?(:\d+)?$")

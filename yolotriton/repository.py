@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from .detections import CANDIDATE_OUTPUTS, FINAL_OUTPUTS
+from .detections import CANDIDATE_OUTPUTS, FINAL_OUTPUTS, NMS_KINDS
 from .spec import INPUT_NAME, DetectorSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -134,7 +134,7 @@ class RepositorySettings:
                 raise RepositoryError(f"{k} must be at least 1, got {getattr(self, k)}")
         if not (0 <= self.score_threshold <= 1 and 0 <= self.iou_threshold <= 1):
             raise RepositoryError("thresholds must lie in [0, 1]")
-        if self.nms_kind not in ("greedy", "diou") or not self.beta_nms > 0:
+        if self.nms_kind not in NMS_KINDS or not self.beta_nms > 0:
             raise RepositoryError(f"NMS kind {self.nms_kind!r} with beta_nms {self.beta_nms}: expected greedy or diou, "
                                   "and beta_nms above 0")
         if self.trt_accelerator and self.target != "onnxruntime":

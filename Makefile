@@ -10,7 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 REPO   := model_repository
-SOURCES := build_repo.py $(wildcard yolotriton/*.py) $(wildcard templates/*.j2 templates/*/*.py)
+SOURCES := build_repo.py $(wildcard yolotriton/*.py yolotriton/*/*.py) $(wildcard templates/*.j2 templates/*/*.py)
 
 .PHONY: all setup repo test test-slow serve bench tune soak plan-docker clean
 all: repo

@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from yolotriton.detections import NMS_KINDS
+    from yolotriton.runtime.detections import NMS_KINDS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -139,8 +139,8 @@ def instance_counts(args, s, spec=None):
     """--instances auto|P,D,Q plus the per-model overrides, for the repository layout `s` (RepositorySettings,
     as resolved once the model is imported) and the model (`spec`, once known: a network of three heads or
     more, or of unknown heads, is sized as GPU-bound): the RepositorySettings fields of the counts and why."""
-    from yolotriton.build import local_host
-    from yolotriton.repository import auto_instances
+    from yolotriton.build.pipeline import local_host
+    from yolotriton.build.repository import auto_instances
 
     if args.instances == "auto":
         cores, gpus = local_host()
@@ -168,17 +168,17 @@ def instance_counts(args, s, spec=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from yolotriton.assets import AssetError, default_model
-    from yolotriton.build import BuildOptions, build, resolve_target
-    from yolotriton.darknet import CfgError, WeightsError
-    from yolotriton.export import ExportError
-    from yolotriton.images import ImageError
-    from yolotriton.importer import ImportOptions, ModelLoadError
-    from yolotriton.plan import PlanError
-    from yolotriton.deploy import DeployError
-    from yolotriton.publish import PublishError
-    from yolotriton.repository import DEFAULT_MAX_BATCH, GPU_MAX_BATCH, RepositoryError, RepositorySettings
-    from yolotriton.spec import SpecError
+    from yolotriton.build.assets import AssetError, default_model
+    from yolotriton.build.pipeline import BuildOptions, build, resolve_target
+    from yolotriton.build.darknet import CfgError, WeightsError
+    from yolotriton.build.export import ExportError
+    from yolotriton.runtime.images import ImageError
+    from yolotriton.build.importer import ImportOptions, ModelLoadError
+    from yolotriton.build.plan import PlanError
+    from yolotriton.serve.deploy import DeployError
+    from yolotriton.serve.publish import PublishError
+    from yolotriton.build.repository import DEFAULT_MAX_BATCH, GPU_MAX_BATCH, RepositoryError, RepositorySettings
+    from yolotriton.build.spec import SpecError
 
     known = (FileNotFoundError, IsADirectoryError, PermissionError, CfgError, WeightsError, ExportError, ImageError,
              ModelLoadError, PlanError, PublishError, DeployError, RepositoryError, SpecError, AssetError, ValueError)
@@ -224,12 +224,12 @@ def main(argv=None) -> int:
                 source.cfg, source.weights = default.cfg, default.weights
                 source.names = source.names or default.names
             parity = parity or default.samples
-        from yolotriton.plan import PlanOptions
+        from yolotriton.build.plan import PlanOptions
 
         output = args.output if args.output.startswith("s3://") else Path(args.output)
         deploy = None
         if args.deploy_dir:  # checked before the slow stages
-            from yolotriton.deploy import DeploySettings
+            from yolotriton.serve.deploy import DeploySettings
 
             target_repo = args.deploy_model_repository or (args.output if args.output.startswith("s3://") else "")
             deploy = DeploySettings(model_repository=target_repo, image=args.deploy_image or "",
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
                            nms_from_model=tuple(k for k in ("nms_kind", "beta_nms") if k not in nms_given),
                            instances=lambda resolved, spec: instance_counts(args, resolved, spec)))
         if deploy is not None:
-            from yolotriton.deploy import render_deploy
+            from yolotriton.serve.deploy import render_deploy
 
             if not args.deploy_model_repository and isinstance(result, str):
                 deploy = dataclasses.replace(deploy, model_repository=result)

@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     from test_darknet import write_random_weights  # the same generator the OpenCV comparison uses
-    from yolotriton.darknet import build_graph, parse_cfg
+    from yolotriton.build.darknet import build_graph, parse_cfg
 
     tmp = Path(tempfile.mkdtemp())
     cfg = ROOT.parent / "shared" / "darknet" / "yolov4.cfg"

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import ceilings  # noqa: E402
 import run  # noqa: E402  (perf_input_file, cpu_breakdown: the same measurement as make bench)
 from yolotriton import stage_times  # noqa: E402
-from yolotriton.repository import read_settings  # noqa: E402
+from yolotriton.build.repository import read_settings  # noqa: E402
 
 MPS_NOTES: set[str] = set()
 STAGES = ("decode", "resize", "input", "network", "candidates", "to_host", "nms", "outputs")
@@ -144,7 +144,7 @@ def sweep(server, levels, images_json: Path, tmp: Path, log, images_per_request:
 
 def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: str, log, detector_alone=False,
            images_per_request: int = 1, detector_batches=()):
-    from yolotriton.server import TritonServer
+    from yolotriton.serve.server import TritonServer
 
     res = {}
     with TritonServer(repo, log_path=out / f"tritonserver-{label}.log") as server:
@@ -226,8 +226,8 @@ def report(args):
     log = lambda *a: print(*a, flush=True)
     import onnxruntime as ort
 
-    from yolotriton.build import copy_repository, instance_summary, rerender
-    from yolotriton.repository import spec_path
+    from yolotriton.build.pipeline import copy_repository, instance_summary, rerender
+    from yolotriton.build.repository import spec_path
 
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp())

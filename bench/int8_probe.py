@@ -44,9 +44,9 @@ def main():
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from run import photos
-    from yolotriton.pipeline import LocalPipeline
-    from yolotriton.plan import fp16_gate
-    from yolotriton.repository import spec_path
+    from yolotriton.serve.local import LocalPipeline
+    from yolotriton.build.plan import fp16_gate
+    from yolotriton.build.repository import spec_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repository", type=Path, default=ROOT / "model_repository")

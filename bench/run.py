@@ -50,7 +50,7 @@ TARGETS = [  # (numerator, denominator, minimum ratio), from the benchmark issue
 
 
 def photos() -> list[Path]:
-    from yolotriton.assets import default_model
+    from yolotriton.build.assets import default_model
 
     shared = ROOT.parent / "shared" / "darknet"
     return [shared / f"{n}.jpg" for n in ("dog", "person", "horses", "eagle", "giraffe", "scream")] + \
@@ -77,9 +77,9 @@ def in_process(repo: Path, blobs: list[bytes], seconds: float, log) -> dict[str,
     import onnxruntime as ort
     import tensorflow as tf
 
-    from yolotriton.assets import default_model
-    from yolotriton.darknet import import_darknet
-    from yolotriton.pipeline import LocalPipeline
+    from yolotriton.build.assets import default_model
+    from yolotriton.build.darknet import import_darknet
+    from yolotriton.serve.local import LocalPipeline
 
     res: dict[str, dict] = {}
     pipe = LocalPipeline(repo)
@@ -136,8 +136,8 @@ def capacity(repo: Path, blobs: list[bytes], seconds: float, log) -> dict[str, f
     import cv2
     import onnxruntime as ort
 
-    from yolotriton import images
-    from yolotriton.pipeline import LocalPipeline
+    from yolotriton.runtime import images
+    from yolotriton.serve.local import LocalPipeline
 
     cores = os.cpu_count() or 1
     pipe = LocalPipeline(repo, threads=1)
@@ -304,8 +304,8 @@ def main():
         args.concurrency, args.seconds = "1,4", 2.0
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda *a: print(*a, flush=True)
-    from yolotriton.repository import spec_path
-    from yolotriton.server import TritonServer
+    from yolotriton.build.repository import spec_path
+    from yolotriton.serve.server import TritonServer
 
     imgs = photos()
     blobs = [p.read_bytes() for p in imgs]

@@ -39,7 +39,7 @@ from procs import status_kb, stub_pids, tree  # noqa: E402
 from run import photos  # noqa: E402
 
 from client import AsyncYoloClient, YoloClientError  # noqa: E402
-from yolotriton.server import TritonServer  # noqa: E402
+from yolotriton.serve.server import TritonServer  # noqa: E402
 
 OUTPUTS = ("num_detections", "boxes", "scores", "classes")
 

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import simplejpeg  # noqa: E402
 
 from yolotriton import images  # noqa: E402
-from yolotriton.detections import Decoder  # noqa: E402
+from yolotriton.runtime.detections import Decoder  # noqa: E402
 
 
 def timeit(fn, repeat):
@@ -85,7 +85,7 @@ def main():
                  *timeit(lambda: cv2.imdecode(np.frombuffer(big, np.uint8), cv2.IMREAD_COLOR_RGB), max(20, args.repeat // 4))))
 
     import onnxruntime as ort
-    from yolotriton.darknet import build_graph, parse_cfg
+    from yolotriton.build.darknet import build_graph, parse_cfg
 
     tiny_repo = ROOT / "model_repository" / "yolov4_detector" / "1" / "model.onnx"
     sess = ort.InferenceSession(str(tiny_repo), providers=["CPUExecutionProvider"])

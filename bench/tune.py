@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import perf_analyzer, perf_input_file, photos, tree_peak_rss_mb  # noqa: E402
 
-from yolotriton.build import copy_repository, rerender  # noqa: E402
-from yolotriton.repository import read_settings  # noqa: E402
-from yolotriton.server import ServerError, TritonServer  # noqa: E402
+from yolotriton.build.pipeline import copy_repository, rerender  # noqa: E402
+from yolotriton.build.repository import read_settings  # noqa: E402
+from yolotriton.serve.server import ServerError, TritonServer  # noqa: E402
 
 CORES = os.cpu_count() or 2
 DIMENSIONS = [  # each a list of alternative settings; the search keeps the best of each in turn

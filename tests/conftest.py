@@ -24,7 +24,7 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def default_model():
-    from yolotriton.assets import default_model
+    from yolotriton.build.assets import default_model
 
     return default_model()
 
@@ -36,7 +36,7 @@ def photos(shared, default_model) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_detector(default_model):
-    from yolotriton.darknet import import_darknet
+    from yolotriton.build.darknet import import_darknet
 
     return import_darknet(default_model.cfg, default_model.weights, default_model.names)
 
@@ -59,7 +59,7 @@ def built_repo(tmp_path_factory, default_model) -> Path:
 
 @pytest.fixture(scope="session")
 def server(built_repo, tmp_path_factory):
-    from yolotriton.server import TritonServer
+    from yolotriton.serve.server import TritonServer
 
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
     with TritonServer(built_repo, log_path=log) as s:

@@ -112,8 +112,8 @@ def assert_served_like(client, other, module, net, photos, size=(416, 416)):
 
 
 def assert_local_pipelines_agree(repo, other, photos):
-    """The in-process pipeline (yolotriton.pipeline) reads both repositories and gives the same detections."""
-    from yolotriton.pipeline import LocalPipeline
+    """The in-process pipeline (yolotriton.serve.local) reads both repositories and gives the same detections."""
+    from yolotriton.serve.local import LocalPipeline
 
     blobs = [p.read_bytes() for p in photos[:3]]
     for a, b in zip(LocalPipeline(repo)(blobs), LocalPipeline(other)(blobs)):

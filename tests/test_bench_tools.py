@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from yolotriton.build import rerender  # noqa: E402
-from yolotriton.repository import RepositoryError, read_settings, validate_repository  # noqa: E402
+from yolotriton.build.pipeline import rerender  # noqa: E402
+from yolotriton.build.repository import RepositoryError, read_settings, validate_repository  # noqa: E402
 
 
 def test_perf_analyzer_drives_the_ensemble_with_real_jpegs(server, photos, tmp_path):
@@ -86,7 +86,7 @@ def test_cpu_breakdown_counts_images_of_batched_requests(server, photos, tmp_pat
 def test_tune_searches_gpu_settings_for_a_gpu_repository():
     from tune import DIMENSIONS, dimensions
 
-    from yolotriton.repository import RepositorySettings
+    from yolotriton.build.repository import RepositorySettings
 
     assert dimensions(RepositorySettings()) is DIMENSIONS
     gpu = dimensions(RepositorySettings(detector_device="gpu", preprocess_device="gpu"))

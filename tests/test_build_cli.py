@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import build_repo
-from yolotriton import export
+from yolotriton.build import export
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_gpu_build_defaults_and_fp16_fallback(tmp_path, capsys, photos):
     failing the build. Rendering only: a GPU repository builds on any machine."""
     import keras
 
-    from yolotriton.repository import read_settings
+    from yolotriton.build.repository import read_settings
 
     inp = keras.Input((64, 64, 3))
     x = keras.layers.AveragePooling2D(32)(inp)  # [N, 2, 2, 3]

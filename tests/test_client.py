@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client import (AsyncYoloClient, BadImage, ModelNotReady, RequestTimeout, ServerUnreachable, YoloClient)
-from yolotriton.server import TritonServer, free_port
+from yolotriton.serve.server import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def http_client(server):
 
 
 def test_model_info_comes_from_the_server(grpc_client, shared, built_repo):
-    from yolotriton.repository import read_settings
+    from yolotriton.build.repository import read_settings
 
     info = grpc_client.info
     assert info.labels == tuple(

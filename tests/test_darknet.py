@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reference import opencv_net, opencv_raw_heads
-from yolotriton.darknet import CfgError, WeightsError, build_graph, import_darknet, parse_cfg, read_weights
+from yolotriton.build.darknet import CfgError, WeightsError, build_graph, import_darknet, parse_cfg, read_weights
 
 
 def test_yolov4_tiny_structure_and_weights(tiny_detector, default_model):

@@ -17,14 +17,14 @@ import tritonclient.grpc as grpcclient
 
 import build_repo
 from reference import assert_served_like, infer_bytes, opencv_net
-from yolotriton import images
-from yolotriton.build import copy_repository, rerender
-from yolotriton.candidates_graph import candidate_count, write_candidates_onnx
-from yolotriton.detections import CANDIDATE_OUTPUTS, Decoder
-from yolotriton.repository import (RepositoryError, RepositorySettings, model_configs, resolve_decode, spec_path,
+from yolotriton.runtime import images
+from yolotriton.build.pipeline import copy_repository, rerender
+from yolotriton.build.candidates_graph import candidate_count, write_candidates_onnx
+from yolotriton.runtime.detections import CANDIDATE_OUTPUTS, Decoder
+from yolotriton.build.repository import (RepositoryError, RepositorySettings, model_configs, resolve_decode, spec_path,
                                    validate_repository)
-from yolotriton.server import TritonServer
-from yolotriton.spec import DecodedLayout, DetectorSpec, YoloHead
+from yolotriton.serve.server import TritonServer
+from yolotriton.build.spec import DecodedLayout, DetectorSpec, YoloHead
 
 
 def _candidates(spec: DetectorSpec, heads: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:

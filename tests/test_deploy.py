@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 import build_repo
-from yolotriton.deploy import DeployError, DeploySettings, render_deploy, storage_uri, validate_manifests
-from yolotriton.repository import RepositorySettings
-from yolotriton.server import TritonServer
+from yolotriton.serve.deploy import DeployError, DeploySettings, render_deploy, storage_uri, validate_manifests
+from yolotriton.build.repository import RepositorySettings
+from yolotriton.serve.server import TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "s3://10.0.0.7:9000/models/yolov4/builds/20261126T120000Z-abc"

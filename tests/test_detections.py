@@ -9,9 +9,9 @@ import onnx
 import pytest
 
 from reference import assert_same_detections, iou, opencv_detect, opencv_net
-from yolotriton import images
-from yolotriton.images import ImageError, image_size, preprocess_bytes
-from yolotriton.pipeline import LocalPipeline
+from yolotriton.runtime import images
+from yolotriton.runtime.images import ImageError, image_size, preprocess_bytes
+from yolotriton.serve.local import LocalPipeline
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,8 @@ def test_letterbox_boxes_wholly_in_the_padding_are_dropped():
     """A 100x50 photo letterboxed into 64x64: rows 16..48 show the photo, the rest is padding. A box that lies
     only in the padding would otherwise come back as a zero-area box on the photo's edge (tf-yolov4's own
     predict() drops those); one that overlaps the photo is kept and clipped to it."""
-    from yolotriton.detections import Decoder
-    from yolotriton.spec import DecodedLayout, DetectorSpec
+    from yolotriton.runtime.detections import Decoder
+    from yolotriton.build.spec import DecodedLayout, DetectorSpec
 
     spec = DetectorSpec(input_height=64, input_width=64, num_classes=1,
                         decoded=DecodedLayout(box_format="xyxy", outputs=("decoded_boxes", "decoded_scores")))
@@ -162,7 +162,7 @@ def test_diou_nms_and_best_class_only():
     centre: DIoU 0.8 > 0.6, the second is dropped; IoU 0.667 with centres 0.2 apart in a 1 x 1.2 enclosing box:
     0.667 - (0.04 / 2.44)^0.6 = 0.582, kept (greedy IoU NMS at 0.6 drops it). Classes are separate;
     best_class keeps one class a box."""
-    from yolotriton.detections import Decoder, best_class, diou_nms
+    from yolotriton.runtime.detections import Decoder, best_class, diou_nms
 
     a = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
     inner = np.array([0.0, 0.0, 1.0, 0.8], np.float32) + np.array([0, 0.1, 0, 0.1], np.float32)  # same centre

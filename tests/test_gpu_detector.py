@@ -7,9 +7,9 @@ import tritonclient.grpc as grpcclient
 
 import build_repo
 from reference import iou
-from yolotriton.repository import RepositoryError, RepositorySettings, model_configs, validate_repository
-from yolotriton.server import TritonServer
-from yolotriton.spec import DetectorSpec, YoloHead
+from yolotriton.build.repository import RepositoryError, RepositorySettings, model_configs, validate_repository
+from yolotriton.serve.server import TritonServer
+from yolotriton.build.spec import DetectorSpec, YoloHead
 
 SPEC = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import build_repo
-from yolotriton import images
-from yolotriton.gpu_images import Resizer, geometry
-from yolotriton.repository import RepositoryError, RepositorySettings, auto_instances, model_configs
-from yolotriton.resize_graph import write_resize_onnx
-from yolotriton.spec import DetectorSpec, YoloHead
+from yolotriton.runtime import images
+from yolotriton.runtime.gpu_images import Resizer, geometry
+from yolotriton.build.repository import RepositoryError, RepositorySettings, auto_instances, model_configs
+from yolotriton.build.resize_graph import write_resize_onnx
+from yolotriton.build.spec import DetectorSpec, YoloHead
 
 SPEC = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
 
@@ -98,8 +98,8 @@ def test_auto_instances_rules():
 
 def test_instances_flags_reach_the_repository(built_repo, tmp_path, photos):
     """--instances/--host-*: plumbing from the CLI into config.pbtxt and settings.json (render only: rerender)."""
-    from yolotriton.build import copy_repository, rerender
-    from yolotriton.repository import read_settings
+    from yolotriton.build.pipeline import copy_repository, rerender
+    from yolotriton.build.repository import read_settings
 
     # counted for the layout the build resolved (after the import: only then are the model's heads known)
     counts = lambda args, s: tuple(build_repo.instance_counts(build_repo.parse_args(args), s).values())
@@ -123,7 +123,7 @@ def test_instances_flags_reach_the_repository(built_repo, tmp_path, photos):
     rerender(repo, detector_device="gpu", preprocess_device="gpu", preprocess_instances=3, preprocess_in="preprocess",
              instances_reason="test")
     assert (repo / "yolov4_preprocess" / "1" / "resize.onnx").is_file()
-    assert (repo / "yolov4_preprocess" / "1" / "gpu_images.py").is_file()
+    assert (repo / "yolov4_preprocess" / "1" / "runtime" / "gpu_images.py").is_file()
     config = (repo / "yolov4_preprocess" / "config.pbtxt").read_text()
     # no `gpus:` list: Triton makes `count` instances on every visible GPU, so --host-gpus 2 gives each GPU its own
     assert "count: 3 kind: KIND_GPU" in config and "gpus" not in config
@@ -137,7 +137,7 @@ def test_instances_flags_reach_the_repository(built_repo, tmp_path, photos):
 
 @gpu
 def test_gpu_decode_and_resize_match_cpu(tmp_path, photos):
-    from yolotriton.gpu_images import GpuPreprocessor
+    from yolotriton.runtime.gpu_images import GpuPreprocessor
 
     write_resize_onnx(tmp_path / "resize.onnx", 0.5)
     for mode in ("stretch", "letterbox"):
@@ -158,7 +158,7 @@ def test_gpu_decode_and_resize_match_cpu(tmp_path, photos):
 
 @gpu
 def test_gpu_bad_image_fails_only_its_request(tmp_path, photos):
-    from yolotriton.gpu_images import GpuPreprocessor
+    from yolotriton.runtime.gpu_images import GpuPreprocessor
 
     write_resize_onnx(tmp_path / "resize.onnx", 0.5)
     pre = GpuPreprocessor(str(tmp_path / "resize.onnx"), 416, 416, "stretch", 10_000_000, images.DEFAULT_MAX_BYTES)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from reference import iou
-from yolotriton.build import BuildOptions, build
-from yolotriton.importer import ImportOptions, import_model
-from yolotriton.pipeline import LocalPipeline
-from yolotriton.repository import RepositorySettings
-from yolotriton.spec import SpecError
+from yolotriton.build.pipeline import BuildOptions, build
+from yolotriton.build.importer import ImportOptions, import_model
+from yolotriton.serve.local import LocalPipeline
+from yolotriton.build.repository import RepositorySettings
+from yolotriton.build.spec import SpecError
 
 
 def build_from(keras_path, tmp_path, photos, names=None, **layout):
@@ -107,7 +107,7 @@ def test_raw_heads_without_anchors_name_the_missing_piece(tiny_detector, tmp_pat
 
 def test_scores_and_classes_told_apart_by_dtype_and_values():
     """importer.scores_and_classes on an NMS model's outputs (boxes, a, b, count): argument plumbing, no model."""
-    from yolotriton.importer import scores_and_classes
+    from yolotriton.build.importer import scores_and_classes
 
     boxes = np.zeros((2, 4, 4), np.float32)
     count = np.array([3, 1])

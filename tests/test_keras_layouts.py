@@ -20,10 +20,10 @@ import tritonclient.grpc as grpcclient
 
 import build_repo
 from reference import assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
-from yolotriton.build import BuildOptions, build
-from yolotriton.importer import ImportOptions
-from yolotriton.repository import RepositorySettings
-from yolotriton.server import TritonServer
+from yolotriton.build.pipeline import BuildOptions, build
+from yolotriton.build.importer import ImportOptions
+from yolotriton.build.repository import RepositorySettings
+from yolotriton.serve.server import TritonServer
 
 pytestmark = pytest.mark.slow
 

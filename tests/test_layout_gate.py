@@ -24,10 +24,10 @@ import tritonclient.grpc as grpcclient
 
 import build_repo
 from reference import assert_same_detections, detections, infer_bytes, opencv_net, opencv_raw_heads
-from yolotriton import images
-from yolotriton.layout_gate import check_layout
-from yolotriton.server import TritonServer
-from yolotriton.spec import DecodedLayout, DetectorSpec, SpecError, YoloHead
+from yolotriton.runtime import images
+from yolotriton.build.layout_gate import check_layout
+from yolotriton.serve.server import TritonServer
+from yolotriton.build.spec import DecodedLayout, DetectorSpec, SpecError, YoloHead
 
 ROOT = Path(__file__).resolve().parent.parent
 NAPARI = ("napari_apple", "0.0.8", "napari_apple-0.0.8-py3-none-any.whl",
@@ -149,7 +149,7 @@ def test_napari_apple_h5_builds_and_is_served_as_its_own_inference(napari_model,
 @pytest.mark.slow
 def test_official_yolov4_cfg_with_random_weights_builds_matches_opencv_and_serves(shared, tmp_path, capsys):
     from test_darknet import write_random_weights
-    from yolotriton.darknet import build_graph, parse_cfg
+    from yolotriton.build.darknet import build_graph, parse_cfg
 
     import onnxruntime as ort
 

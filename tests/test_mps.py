@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from yolotriton import mps, server
+from yolotriton.serve import mps
+
+from yolotriton.serve import server
 
 FAKE_MPS_CONTROL = """#!/usr/bin/env bash
 # FAKE nvidia-cuda-mps-control for tests/test_mps.py: records its calls, makes/removes the control pipe

@@ -15,12 +15,12 @@ from tritonclient.utils import InferenceServerException
 
 import build_repo
 from reference import assert_local_pipelines_agree, assert_served_like, infer_bytes, opencv_net
-from yolotriton.build import copy_repository, rerender
-from yolotriton.detections import FINAL_OUTPUTS
-from yolotriton.repository import (RepositoryError, RepositorySettings, model_configs, resolve_nms, spec_path,
+from yolotriton.build.pipeline import copy_repository, rerender
+from yolotriton.runtime.detections import FINAL_OUTPUTS
+from yolotriton.build.repository import (RepositoryError, RepositorySettings, model_configs, resolve_nms, spec_path,
                                    validate_repository)
-from yolotriton.server import TritonServer
-from yolotriton.spec import DetectorSpec, YoloHead
+from yolotriton.serve.server import TritonServer
+from yolotriton.build.spec import DetectorSpec, YoloHead
 
 RAW = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
 
@@ -74,14 +74,14 @@ def fused_repo(built_repo, tmp_path_factory) -> Path:
 def test_rerender_moves_the_postprocess_into_the_detector_and_back(fused_repo, tmp_path):
     assert not (fused_repo / "yolov4_postprocess").exists()
     det = fused_repo / "yolov4_detector"
-    assert (det / "1" / "detections.py").is_file() and (det / "labels.txt").is_file()
+    assert (det / "1" / "runtime" / "detections.py").is_file() and (det / "labels.txt").is_file()
     assert spec_path(fused_repo) == det / "1" / "spec.json"
     validate_repository(fused_repo)
     back = tmp_path / "back"
     copy_repository(fused_repo, back)
     rerender(back, nms="postprocess", preprocess_in="preprocess")
     assert (back / "yolov4_postprocess" / "1" / "model.py").is_file()
-    assert not (back / "yolov4_detector" / "1" / "detections.py").exists()
+    assert not (back / "yolov4_detector" / "labels.txt").exists()
     assert not (back / "yolov4_detector" / "1" / "spec.json").exists()
     assert len(validate_repository(back)) == 5
 

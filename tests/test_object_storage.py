@@ -21,8 +21,8 @@ import tritonclient.grpc as grpcclient
 
 import build_repo
 from reference import assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
-from yolotriton.publish import PublishError, publish
-from yolotriton.server import TritonServer, free_port
+from yolotriton.serve.publish import PublishError, publish
+from yolotriton.serve.server import TritonServer, free_port
 
 
 def start_moto(log_dir: Path, **env) -> tuple[subprocess.Popen, str]:
@@ -137,7 +137,7 @@ def test_refused_credentials_are_one_line(s3, capsys, monkeypatch, tmp_path):
 
 def test_interrupted_upload_leaves_no_build_a_reader_could_load(s3, built_repo, monkeypatch):
     """A failure midway (here: the 5th upload) deletes what was written; LATEST is not touched."""
-    import yolotriton.publish as pub
+    import yolotriton.serve.publish as pub
 
     real = pub._client
 

@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 
 from test_gpu_preprocess import SPEC, gpu
-from yolotriton import images
-from yolotriton.candidates_graph import write_candidates_onnx
-from yolotriton.ort_detector import OrtDetector
-from yolotriton.repository import spec_path
-from yolotriton.spec import DetectorSpec
+from yolotriton.runtime import images
+from yolotriton.build.candidates_graph import write_candidates_onnx
+from yolotriton.runtime.ort_detector import OrtDetector
+from yolotriton.build.repository import spec_path
+from yolotriton.build.spec import DetectorSpec
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_cpu_outputs_equal_onnx_runtime_for_any_split(detector_files, batch, wit
 def test_cuda_graphs_setting_reaches_the_detector(tmp_path):
     """--cuda-graphs on (default) / off: the detector's config parameter, and its engine beside model.py."""
     import build_repo
-    from yolotriton.repository import RepositoryError, RepositorySettings, model_configs, render_repository
+    from yolotriton.build.repository import RepositoryError, RepositorySettings, model_configs, render_repository
 
     det = model_configs(SPEC, RepositorySettings(detector_device="gpu"))[0][1]
     assert det.parameters["cuda_graphs"] == "on"
@@ -76,7 +76,7 @@ def test_cuda_graphs_setting_reaches_the_detector(tmp_path):
     assert build_repo.parse_args(["--cuda-graphs", "off"]).cuda_graphs == "off"
     assert build_repo.parse_args([]).cuda_graphs == "on"
     render_repository(tmp_path, SPEC, RepositorySettings())
-    assert (tmp_path / "yolov4_detector" / "1" / "ort_detector.py").is_file()
+    assert (tmp_path / "yolov4_detector" / "1" / "runtime" / "ort_detector.py").is_file()
 
 
 @gpu

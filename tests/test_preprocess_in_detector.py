@@ -19,12 +19,12 @@ from tritonclient.utils import InferenceServerException
 import build_repo
 from client import YoloClient
 from reference import assert_local_pipelines_agree, assert_served_like, infer_bytes, opencv_net
-from yolotriton.build import copy_repository, rerender
-from yolotriton.detections import FINAL_OUTPUTS
-from yolotriton.repository import (RepositoryError, RepositorySettings, auto_instances, model_configs,
+from yolotriton.build.pipeline import copy_repository, rerender
+from yolotriton.runtime.detections import FINAL_OUTPUTS
+from yolotriton.build.repository import (RepositoryError, RepositorySettings, auto_instances, model_configs,
                                    resolve_preprocess_in, spec_path, validate_repository)
-from yolotriton.server import TritonServer
-from yolotriton.spec import DetectorSpec, YoloHead
+from yolotriton.serve.server import TritonServer
+from yolotriton.build.spec import DetectorSpec, YoloHead
 
 RAW = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
 GPU_NMS = dict(detector_device="gpu", preprocess_device="gpu", decode="detector", nms="detector")
@@ -88,15 +88,15 @@ def whole_repo(built_repo, tmp_path_factory) -> Path:
 def test_rerender_moves_the_preprocess_into_the_detector_and_back(whole_repo, tmp_path):
     assert not (whole_repo / "yolov4_preprocess").exists() and not (whole_repo / "yolov4_postprocess").exists()
     det = whole_repo / "yolov4_detector" / "1"
-    assert {"preprocess.py", "images.py", "detections.py", "spec.json"} <= {p.name for p in det.iterdir()}
+    assert {"runtime/preprocess.py", "runtime/images.py", "runtime/detections.py", "spec.json"} <= {
+        str(p.relative_to(det)) for p in det.rglob("*")}
     assert spec_path(whole_repo) == det / "spec.json"
     assert sorted(validate_repository(whole_repo)) == ["yolov4", "yolov4_detector", "yolov4_raw"]
     back = tmp_path / "back"
     copy_repository(whole_repo, back)
     rerender(back, preprocess_in="preprocess")
-    assert (back / "yolov4_preprocess" / "1" / "preprocess.py").is_file()
-    assert not {"preprocess.py", "images.py", "gpu_images.py", "resize.onnx"} & {
-        p.name for p in (back / "yolov4_detector" / "1").iterdir()}
+    assert (back / "yolov4_preprocess" / "1" / "runtime" / "preprocess.py").is_file()
+    assert not (back / "yolov4_detector" / "1" / "resize.onnx").exists()  # the runtime package stays, whole
     assert len(validate_repository(back)) == 4
 
 
@@ -159,7 +159,7 @@ def test_a_bad_image_fails_only_its_own_request(whole_repo, photos):
 
 def test_request_preprocessor_names_the_bad_image_of_a_request(photos):
     """preprocess.RequestPreprocessor in-process (CPU path), requests as dicts of their inputs."""
-    from yolotriton.preprocess import ImageError, RequestPreprocessor
+    from yolotriton.runtime.preprocess import ImageError, RequestPreprocessor
 
     params = {"input_width": "416", "input_height": "416", "resize_mode": "stretch", "max_pixels": "50000000",
               "max_bytes": str(64 << 20), "device": "cpu"}

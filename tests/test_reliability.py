@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from yolotriton.server import DEFAULTS, server_command
+from yolotriton.serve.server import DEFAULTS, server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 

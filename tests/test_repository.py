@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from yolotriton.repository import RepositoryError, validate_repository
+from yolotriton.build.repository import RepositoryError, validate_repository
 
 
 def test_rendered_repository_validates(built_repo):

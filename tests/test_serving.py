@@ -165,7 +165,7 @@ def test_labels_and_limits_come_from_the_server(grpc):
 
 def test_wrapper_works_from_a_shell_without_the_venv_on_path(built_repo, tmp_path, photos):
     """The stub must find the venv's numpy even when PATH does not lead to it."""
-    from yolotriton.server import free_port
+    from yolotriton.serve.server import free_port
 
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
@@ -200,7 +200,7 @@ def test_wrapper_refuses_numpy_2(tmp_path, built_repo):
     env_dir = tmp_path / "np2"
     venv.create(env_dir, with_pip=True)
     subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "numpy==2.2.6"], check=True)
-    proc = subprocess.run([str(env_dir / "bin" / "python"), "-m", "yolotriton.server", "--model-repository",
+    proc = subprocess.run([str(env_dir / "bin" / "python"), "-m", "yolotriton.serve.server", "--model-repository",
                            str(built_repo)], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2

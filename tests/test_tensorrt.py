@@ -13,10 +13,10 @@ import yaml
 
 import build_repo
 from fake_tensorrt import FakeTensorRT
-from yolotriton import plan
-from yolotriton.images import preprocess_files
-from yolotriton.plan import (PlanError, PlanOptions, build_plan, check_plan, fp16_gate, profile_shapes, to_fp16)
-from yolotriton.repository import RepositorySettings, validate_repository
+from yolotriton.build import plan
+from yolotriton.runtime.images import preprocess_files
+from yolotriton.build.plan import (PlanError, PlanOptions, build_plan, check_plan, fp16_gate, profile_shapes, to_fp16)
+from yolotriton.build.repository import RepositorySettings, validate_repository
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +144,8 @@ def test_local_build_without_tensorrt_fails_fast_and_clearly(capsys, tmp_path):
 
 
 def test_onnxruntime_target_with_tensorrt_accelerator(tmp_path):
-    from yolotriton.repository import model_configs, _render_config
-    from yolotriton.spec import DetectorSpec, YoloHead
+    from yolotriton.build.repository import model_configs, _render_config
+    from yolotriton.build.spec import DetectorSpec, YoloHead
 
     spec = DetectorSpec(416, 416, 80, heads=(YoloHead("head_0", ((10, 14),) * 3, 32, (13, 13)),))
     det = model_configs(spec, RepositorySettings(target="onnxruntime", trt_accelerator=True))[0][1]
@@ -244,7 +244,7 @@ def test_cli_tensorrt_rtx_check_build(tmp_path, capsys):
 def test_tensorrt_rtx_builds_official_yolov4_608(shared, tmp_path):
     """The full YOLOv4 (mish, SPP, 3 heads at 608) with random darknet-format weights, through the CLI."""
     from test_darknet import write_random_weights
-    from yolotriton.darknet import build_graph, parse_cfg
+    from yolotriton.build.darknet import build_graph, parse_cfg
 
     weights = tmp_path / "yolov4.weights"
     write_random_weights(build_graph(parse_cfg(shared / "yolov4.cfg")), weights, silent_heads=True)

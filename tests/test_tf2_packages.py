@@ -32,8 +32,8 @@ import tritonclient.grpc as grpcclient
 
 import build_repo
 from reference import assert_same_detections, detections, infer_bytes
-from yolotriton import images
-from yolotriton.server import TritonServer
+from yolotriton.runtime import images
+from yolotriton.serve.server import TritonServer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def made(tmp_path_factory, shared, default_model):
     """The packages' models and their own inference on our pixels (reference.npz)."""
     from test_darknet import write_random_weights
-    from yolotriton.darknet import build_graph, parse_cfg
+    from yolotriton.build.darknet import build_graph, parse_cfg
 
     env = ROOT / subprocess.run(["bash", str(ROOT / "scripts" / "tf2_packages_env.sh")], check=True,
                                 capture_output=True, text=True).stdout.strip().splitlines()[-1]

@@ -26,8 +26,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from ort_detector import OrtDetector, rows
-from stage_times import StageTimes
+from runtime.ort_detector import OrtDetector, rows
+from runtime.stage_times import StageTimes
 
 
 def _host(tensor):
@@ -50,7 +50,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException("ONNX Runtime here lacks CUDAExecutionProvider (install onnxruntime-gpu)")
         self.preprocess = None
         if params.get("preprocess") == "on":  # first: the GPU preprocess sets how this process waits for CUDA
-            from preprocess import RequestPreprocessor
+            from runtime.preprocess import RequestPreprocessor
 
             self.preprocess = RequestPreprocessor(params, here, int(args.get("model_instance_device_id") or 0),
                                                   pb_utils.Logger.log_warn)
@@ -73,7 +73,7 @@ class TritonPythonModel:
         self.post = None
         produced = self.detector.output_names
         if params.get("nms") == "on":
-            from detections import FINAL_OUTPUTS, Postprocessor
+            from runtime.detections import FINAL_OUTPUTS, Postprocessor
 
             self.post = Postprocessor.in_model_folder(here, params)
             if set(self.post.decoder.output_names) != set(produced):

@@ -11,7 +11,7 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from detections import Postprocessor
+from runtime.detections import Postprocessor
 
 
 class TritonPythonModel:

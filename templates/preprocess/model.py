@@ -11,7 +11,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from preprocess import ImageError, RequestPreprocessor
+from runtime.preprocess import ImageError, RequestPreprocessor
 
 
 class TritonPythonModel:

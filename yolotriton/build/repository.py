@@ -16,11 +16,11 @@ from pathlib import Path
 
 import jinja2
 
-from .detections import CANDIDATE_OUTPUTS, FINAL_OUTPUTS, NMS_KINDS
+from ..runtime.detections import CANDIDATE_OUTPUTS, FINAL_OUTPUTS, NMS_KINDS
 from .spec import INPUT_NAME, DetectorSpec
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-TEMPLATES = PACKAGE_DIR.parent / "templates"
+RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"  # copied whole into each model folder running Python
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 TARGETS = ("python", "onnxruntime", "tensorrt")
 RESIZE_MODES = ("stretch", "letterbox")
 DECODE_STAGES = ("postprocess", "detector")
@@ -31,7 +31,6 @@ PREPROCESS_STAGES = ("preprocess", "detector")
 # (docs/results/gpu-h200-ceilings-before.md): max batch 32 served 4,039 img/s against 3,228 at 8.
 DEFAULT_MAX_BATCH = 8
 GPU_MAX_BATCH = 32
-PREPROCESS_FILES = ("images.py", "preprocess.py", "gpu_images.py", "resize.onnx")  # beside whichever model preprocesses
 
 
 class RepositoryError(ValueError):
@@ -300,43 +299,39 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
         (root / e["name"] / "config.pbtxt").write_text(_env().get_template("ensemble.pbtxt.j2").render(**e))
         (root / e["name"] / "labels.txt").write_text(labels)
     pre, post, det = root / s.preprocess / "1", root / s.postprocess / "1", root / s.detector / "1"
-    if s.preprocess_in == "detector":  # the detector takes the images: its folder gets the preprocess code
+    if s.preprocess_in == "detector":  # the detector takes the images: its folder gets the preprocess's files
         shutil.rmtree(root / s.preprocess, ignore_errors=True)  # re-rendering a repository with a preprocess model
         pre = det
     else:
         shutil.copy(TEMPLATES / "preprocess" / "model.py", pre / "model.py")
-        for stale in PREPROCESS_FILES:  # re-rendering a repository that had --preprocess-in detector
-            (det / stale).unlink(missing_ok=True)
-    shutil.copy(PACKAGE_DIR / "images.py", pre / "images.py")
-    shutil.copy(PACKAGE_DIR / "preprocess.py", pre / "preprocess.py")
-    for stale in ("gpu_images.py", "resize.onnx"):  # re-rendering a GPU repository for the CPU
-        (pre / stale).unlink(missing_ok=True)
+        (det / "resize.onnx").unlink(missing_ok=True)  # re-rendering a repository that had --preprocess-in detector
+    (pre / "resize.onnx").unlink(missing_ok=True)  # re-rendering a GPU repository for the CPU
     if s.preprocess_device == "gpu":
         from .resize_graph import write_resize_onnx
 
-        shutil.copy(PACKAGE_DIR / "gpu_images.py", pre / "gpu_images.py")
-        shutil.copy(PACKAGE_DIR / "stage_times.py", pre / "stage_times.py")
         write_resize_onnx(pre / "resize.onnx", s.letterbox_fill)
-    if s.nms == "detector":  # the detector does the postprocess's work: its code, spec and labels go there
+    if s.nms == "detector":  # the detector does the postprocess's work: its spec and labels go there
         shutil.rmtree(root / s.postprocess, ignore_errors=True)  # re-rendering a three-model repository
         post = det
     else:
         shutil.copy(TEMPLATES / "postprocess" / "model.py", post / "model.py")
-        for stale in ("detections.py", "spec.json"):  # re-rendering a repository that had --nms detector
-            (det / stale).unlink(missing_ok=True)
+        (det / "spec.json").unlink(missing_ok=True)  # re-rendering a repository that had --nms detector
         (root / s.detector / "labels.txt").unlink(missing_ok=True)
-    shutil.copy(PACKAGE_DIR / "detections.py", post / "detections.py")
     (post / "spec.json").write_text(spec.to_json())
     (post.parent / "labels.txt").write_text(labels)
+    python_folders = {pre, post}
     if s.target == "python":
         shutil.copy(TEMPLATES / "detector_python" / "model.py", det / "model.py")
-        shutil.copy(PACKAGE_DIR / "ort_detector.py", det / "ort_detector.py")
-        shutil.copy(PACKAGE_DIR / "stage_times.py", det / "stage_times.py")
+        python_folders.add(det)
         (det / "candidates.onnx").unlink(missing_ok=True)  # re-rendering with --decode postprocess
         if s.decode == "detector":
             from .candidates_graph import write_candidates_onnx
 
             write_candidates_onnx(det / "candidates.onnx", spec)
+    for folder in python_folders | {det}:  # the runtime package, whole, where a model.py imports it
+        shutil.rmtree(folder / "runtime", ignore_errors=True)
+        if folder in python_folders:
+            shutil.copytree(RUNTIME_DIR, folder / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # What was rendered, so the repository can be re-rendered (tuning) without re-exporting the model.
     (root / "settings.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
 

@@ -17,10 +17,7 @@ import os
 import cv2
 import numpy as np
 
-try:  # in the package (tests)
-    from . import images
-except ImportError:  # copied into a model folder beside images.py
-    import images
+from . import images
 ImageError = images.ImageError
 
 
@@ -44,10 +41,8 @@ class RequestPreprocessor:
         cv2.setNumThreads(1)  # one image per thread of the stub; leave the cores to the other instances
         self.gpu = None
         if params.get("device") == "gpu":
-            try:
-                from .gpu_images import GpuPreprocessor
-            except ImportError:
-                from gpu_images import GpuPreprocessor
+            from .gpu_images import GpuPreprocessor
+
             self.gpu = GpuPreprocessor(os.path.join(folder, "resize.onnx"), self.width, self.height, self.mode,
                                        self.max_pixels, self.max_bytes, device_id, params.get("cuda_wait", "spin"),
                                        decode_batch=int(params.get("decode_batch", "0")))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detections import CANDIDATE_OUTPUTS, PRE_NMS_TOP_K
+from ..runtime.detections import CANDIDATE_OUTPUTS, PRE_NMS_TOP_K
 from .spec import DetectorSpec
 
 OPSET = 18

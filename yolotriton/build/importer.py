@@ -194,7 +194,7 @@ class _Probe:
         self.raw_call, self.photos, self.told = raw_call, tuple(photos), ""
 
     def __call__(self, h: int, w: int) -> list[np.ndarray]:
-        from . import images
+        from ..runtime import images
 
         return [np.asarray(o) for o in self.raw_call(images.preprocess_files(self.photos, w, h))]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import images
+from ..runtime import images
 from .importer import ImportOptions, import_model
 from .plan import DEFAULT_NGC_TAG, PlanError, PlanOptions
 from .repository import (RepositorySettings, read_settings, render_repository, resolve_decode, resolve_nms,
@@ -91,7 +91,7 @@ def _swap_in(staging: Path, output: Path) -> None:
 def build(opts: BuildOptions) -> Path | str:
     """Build into opts.output; for s3://BUCKET/PREFIX build locally, publish, and return Triton's s3 path."""
     if str(opts.output).startswith("s3://"):
-        from .publish import check_destination, publish
+        from ..serve.publish import check_destination, publish
 
         check_destination(str(opts.output))  # before the slow stages
         local = Path(tempfile.mkdtemp(prefix="yolotriton-publish-")) / "model_repository"

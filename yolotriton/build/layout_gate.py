@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from .detections import Decoder
+from ..runtime.detections import Decoder
 from .spec import ACTIVATED_GROUPS, DetectorSpec, SpecError
 
 MOST = 0.5  # "most candidates" / "most boxes"

@@ -26,7 +26,7 @@ from pathlib import Path
 from .spec import INPUT_NAME
 
 DEFAULT_NGC_TAG = "24.10-py3"  # Triton 2.51 = the embedded server; its TensorRT builds the plan
-TIMING_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "tensorrt-timing.cache"
+TIMING_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "tensorrt-timing.cache"
 
 
 class PlanError(RuntimeError):
@@ -117,7 +117,7 @@ def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_thr
     import numpy as np
     import onnxruntime as ort
 
-    from .detections import Decoder
+    from ..runtime.detections import Decoder
 
     decoder = Decoder(json.loads(spec_json))
     meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(batch), 1))

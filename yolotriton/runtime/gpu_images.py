@@ -16,11 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-try:  # in the package (tests)
-    from . import images, stage_times
-except ImportError:  # copied into the preprocess model folder beside images.py
-    import images
-    import stage_times
+from . import images, stage_times
 ImageError = images.ImageError
 
 

@@ -24,10 +24,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-try:  # in the package (tests)
-    from . import stage_times
-except ImportError:  # copied into the detector's model folder
-    import stage_times
+from . import stage_times
 
 
 class OrtDetector:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images
-from .detections import Decoder, nms_options
-from .repository import spec_path, validate_repository
+from ..runtime import images
+from ..runtime.detections import Decoder, nms_options
+from ..build.repository import spec_path, validate_repository
 
 
 @dataclass

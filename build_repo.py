@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from yolotriton.runtime.detections import NMS_KINDS
+    from yolotriton.runtime.settings import NMS_KINDS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

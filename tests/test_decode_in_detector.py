@@ -20,7 +20,8 @@ from reference import assert_served_like, infer_bytes, opencv_net
 from yolotriton.runtime import images
 from yolotriton.build.pipeline import copy_repository, rerender
 from yolotriton.build.candidates_graph import candidate_count, write_candidates_onnx
-from yolotriton.runtime.detections import CANDIDATE_OUTPUTS, Decoder
+from yolotriton.runtime.decode import CANDIDATE_OUTPUTS
+from yolotriton.runtime.detections import Decoder
 from yolotriton.build.repository import (RepositoryError, RepositorySettings, model_configs, resolve_decode, spec_path,
                                    validate_repository)
 from yolotriton.serve.server import TritonServer

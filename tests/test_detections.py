@@ -162,7 +162,8 @@ def test_diou_nms_and_best_class_only():
     centre: DIoU 0.8 > 0.6, the second is dropped; IoU 0.667 with centres 0.2 apart in a 1 x 1.2 enclosing box:
     0.667 - (0.04 / 2.44)^0.6 = 0.582, kept (greedy IoU NMS at 0.6 drops it). Classes are separate;
     best_class keeps one class a box."""
-    from yolotriton.runtime.detections import Decoder, best_class, diou_nms
+    from yolotriton.runtime.detections import Decoder
+    from yolotriton.runtime.nms import best_class, diou_nms
 
     a = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
     inner = np.array([0.0, 0.0, 1.0, 0.8], np.float32) + np.array([0, 0.1, 0, 0.1], np.float32)  # same centre

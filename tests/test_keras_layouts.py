@@ -276,7 +276,7 @@ def test_lambda_h5_loads_with_custom_objects_or_says_how(tmp_path, capsys, photo
 
 def test_every_score_passing_returns_promptly(server, photos):
     """score_threshold 0: every (box, class) pair of yolov4-tiny is a candidate (203k per photo). The pre-NMS
-    cap (detections.PRE_NMS_TOP_K) keeps the request bounded; the client's 30 s timeout is the bound here."""
+    cap (decode.PRE_NMS_TOP_K) keeps the request bounded; the client's 30 s timeout is the bound here."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     data = np.array([[p.read_bytes()] for p in photos[:2]], dtype=object)
     inp = grpcclient.InferInput("IMAGE", list(data.shape), "BYTES")

@@ -1,11 +1,12 @@
-"""Detector on the Python backend: ONNX Runtime on model.onnx (for servers without the ONNX Runtime backend).
+"""Detector on the Python backend: the network on one of runtime/engine.py's engines (for servers without the ONNX
+Runtime backend, and on the GPU for the faster engine).
 
-Settings from config.pbtxt parameters: intra_op_threads, execution_providers (CUDA on GPU instances, on
-the instance's own device), model_file (model.onnx or the gated model.fp16.onnx), candidates_file
-(`--decode detector`: candidates.onnx decodes the heads into the top-K candidates right after the
-network, in the same provider), cuda_wait and cuda_graphs. The running is ort_detector.OrtDetector's:
-requests that the dynamic batcher groups are one ONNX Runtime call (on the GPU, the replay of that
-batch size's CUDA graph).
+Settings from config.pbtxt parameters: engine ("ort": ONNX Runtime; "torch": PyTorch, compiled, on a GPU instance,
+falling back to ONNX Runtime with one log line where it cannot load), intra_op_threads, execution_providers (CUDA
+on GPU instances, on the instance's own device), model_file (model.onnx or the gated model.fp16.onnx),
+candidates_file (`--decode detector`: candidates.onnx decodes the heads into the top-K candidates right after the
+network, on the same device), cuda_wait and cuda_graphs. Requests that the dynamic batcher groups are one engine
+call (on the GPU, the replay of that batch size's CUDA graph).
 
 `--nms detector` (parameter nms "on"): this model also does the postprocess's work on its candidates
 (detections.Postprocessor: thresholds, class-aware NMS, top-K, per-request overrides) and answers with
@@ -26,7 +27,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from runtime.ort_detector import OrtDetector, rows
+from runtime.cuda_stream import rows
+from runtime.engine import open_engine
 from runtime.stage_times import StageTimes
 
 
@@ -54,15 +56,15 @@ class TritonPythonModel:
 
             self.preprocess = RequestPreprocessor(params, here, int(args.get("model_instance_device_id") or 0),
                                                   pb_utils.Logger.log_warn)
-        candidates = params.get("candidates_file")
-        self.detector = OrtDetector(
-            os.path.join(here, params.get("model_file", "model.onnx")),
-            os.path.join(here, candidates) if candidates else None,
+        self.detector = open_engine(
+            params.get("engine", "ort"), here, params.get("model_file", "model.onnx"), params.get("candidates_file"),
             max_batch=int(config["max_batch_size"]), cuda=on_gpu,
             device_id=int(args.get("model_instance_device_id") or 0),
             intra_op_threads=int(params.get("intra_op_threads", "1")), cuda_wait=params.get("cuda_wait", "spin"),
             cuda_graphs=params.get("cuda_graphs", "on") == "on", per_image=params.get("per_image") == "on",
             log=pb_utils.Logger.log_warn)
+        pb_utils.Logger.log_info(f"{args['model_instance_name']}: engine {self.detector.name} "
+                                 f"({', '.join(self.detector.providers)})")
         self.input_name = self.detector.input_name
         # YOLOTRITON_STAGE_TIMES=DIR: CUDA-event times of each stage under load (bench/gpu.py reads them)
         self.times = StageTimes.for_process(self.detector.cudart, self.detector.stream, args["model_instance_name"])

@@ -10,9 +10,9 @@ host is K rows per image instead of every head (4096 x 6 floats instead of 7.7 M
      candidate_scores float32 [N, K] (objectness x class score, best first)
      candidate_classes int32 [N, K]
 
-It is `detections.Decoder`'s raw-head arithmetic, operation for operation (same float32 order), and the
+It is `decode.Candidates`'s raw-head arithmetic, operation for operation (same float32 order), and the
 postprocess then does exactly what it does on the host path: keep scores above the request's threshold,
-class-aware NMS. K is the postprocess's pre-NMS cap (detections.PRE_NMS_TOP_K): the host path keeps the
+class-aware NMS. K is the postprocess's pre-NMS cap (decode.PRE_NMS_TOP_K): the host path keeps the
 best K of the candidates above the threshold, this graph the best K of all; after the threshold both are
 the same set (up to ties), so the two paths give the same detections.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.detections import CANDIDATE_OUTPUTS, PRE_NMS_TOP_K
+from ..runtime.decode import CANDIDATE_OUTPUTS, PRE_NMS_TOP_K
 from .spec import DetectorSpec
 
 OPSET = 18

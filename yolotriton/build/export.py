@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .detector import ImportedDetector
-from ..runtime.ort_detector import pad_stack
+from ..runtime.ort_engine import pad_stack
 from .spec import INPUT_NAME
 
 PARITY_RTOL = 1e-4  # max|diff| <= 1e-4 * max(1, max|keras|), per output

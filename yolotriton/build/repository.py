@@ -16,7 +16,9 @@ from pathlib import Path
 
 import jinja2
 
-from ..runtime.detections import CANDIDATE_OUTPUTS, FINAL_OUTPUTS, NMS_KINDS
+from ..runtime.decode import CANDIDATE_OUTPUTS
+from ..runtime.detections import FINAL_OUTPUTS
+from ..runtime.settings import NMS_KINDS
 from .spec import INPUT_NAME, DetectorSpec
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"  # copied whole into each model folder running Python
@@ -81,7 +83,7 @@ class RepositorySettings:
     max_detections: int = 100
     score_threshold: float = 0.25  # darknet's detector default
     iou_threshold: float = 0.45  # darknet's NMS default
-    nms_kind: str = "greedy"  # detections.NMS_KINDS: darknet's greedynms (default) or diounms
+    nms_kind: str = "greedy"  # settings.NMS_KINDS: darknet's greedynms (default) or diounms
     beta_nms: float = 0.6  # diounms's exponent (darknet's cfg key beta_nms, default 0.6)
     best_class_only: bool = False  # after NMS, each box only with its best class (default: every class above)
     resize_mode: str = "stretch"  # darknet resizes without keeping the aspect ratio
@@ -116,7 +118,7 @@ class RepositorySettings:
     cuda_wait: str = "block"
     # The Python detector on the GPU replays one captured CUDA graph per batch size ("on") instead of launching
     # its kernels one by one ("off"): less CPU per batch, and no cuDNN re-selection when the batch size changes
-    # (ort_detector.py; docs/gpu-host.md has the measurements).
+    # (ort_engine.py; docs/gpu-host.md has the measurements).
     cuda_graphs: str = "on"
     instances_reason: str = ""  # how the instance counts were chosen (--instances auto writes it)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime import images
-from ..runtime.detections import Decoder, nms_options
+from ..runtime.detections import Decoder
+from ..runtime.settings import nms_options
 from ..build.repository import spec_path, validate_repository
 
 

@@ -1,7 +1,7 @@
-"""The Python-backend detector's engine: model.onnx (and candidates.onnx) on ONNX Runtime for batches of
-1..max_batch images. Used by the detector model (copied into its folder beside model.py) and by tests.
+"""The detector's ONNX Runtime engine (engine.py's "ort"): model.onnx (and candidates.onnx) for batches of
+1..max_batch images, on the CPU or CUDA.
 
-On the CPU provider it runs the joined batch as it comes. On CUDA (`OrtDetector(..., cuda=True)`):
+On the CPU provider it runs the joined batch as it comes. On CUDA (`OrtEngine(..., cuda=True)`):
 - one CUDA stream per instance orders the input copies, the runs and the copies back;
 - with `cuda_graphs` (default) each batch size 1..max_batch gets its own captured CUDA graph (ONNX
   Runtime's enable_cuda_graph, one graph id per batch size) over fixed input/output buffers. Two
@@ -17,18 +17,19 @@ to the host, in one copy per output.
 """
 from __future__ import annotations
 
-import ctypes
-import weakref
 from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 
 from . import stage_times
+from .cuda_stream import CudaStream, rows
 
 
-class OrtDetector:
-    """`detector(parts)` -> the batch's outputs on the host (output_names order); parts are the requests' inputs."""
+class OrtEngine:
+    """`engine(parts)` -> the batch's outputs on the host (output_names order); parts are the requests' inputs."""
+
+    name = "ort"
 
     def __init__(self, model_path: str, candidates_path: str | None = None, *, max_batch: int,
                  cuda: bool = False, device_id: int = 0, intra_op_threads: int = 1, cuda_wait: str = "block",
@@ -38,17 +39,8 @@ class OrtDetector:
         # cannot run as one call; each image runs alone and the outputs are padded with zero rows (pad_stack)
         self.per_image = per_image
         self.model_path, self.candidates_path = model_path, candidates_path
-        self.stream, self.cudart = 0, None
-        if cuda:
-            from cuda.bindings import runtime as cudart
-
-            self.cudart = cudart
-            self._check(cudart.cudaSetDevice(device_id))
-            if cuda_wait == "block":  # waits sleep instead of spinning a core (ONNX Runtime's too)
-                err = cudart.cudaSetDeviceFlags(cudart.cudaDeviceScheduleBlockingSync)[0]
-                if int(err) != 0:  # e.g. another user of this process's context set other flags first
-                    log(f"cudaSetDeviceFlags(BlockingSync) failed ({err}): waits spin instead")
-            self.stream = int(self._check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)))
+        self.cuda = CudaStream(device_id, cuda_wait, log) if cuda else None
+        self.stream, self.cudart = (self.cuda.stream, self.cuda.cudart) if cuda else (0, None)
         self.intra_op_threads = intra_op_threads
         self.times = stage_times.OFF  # the stub sets a StageTimes to measure its stages under load
         self.graphs: dict[int, _GraphSlot] = {}
@@ -101,26 +93,9 @@ class OrtDetector:
         if self.candidates is not None:
             self.candidate_binding = self.candidates.io_binding()
 
-    @staticmethod
-    def _check(result):
-        err, *rest = result
-        if int(err) != 0:
-            raise RuntimeError(f"CUDA runtime error {err}")
-        return rest[0] if len(rest) == 1 else rest
-
-    def pinned(self, shape, dtype) -> np.ndarray:
-        """A numpy array in page-locked host memory (full-speed copies from the GPU), freed with its last view."""
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        ptr = int(self._check(self.cudart.cudaMallocHost(nbytes)))
-        buf = (ctypes.c_byte * nbytes).from_address(ptr)
-        weakref.finalize(buf, self.cudart.cudaFreeHost, ptr)
-        return np.frombuffer(buf, dtype).reshape(shape)
-
-    def copy_async(self, dst: int, src: int, nbytes: int) -> None:
-        # cudaMemcpyDefault: either side may be host memory (Triton falls back to pinned host memory when its
-        # CUDA pool is full; numpy inputs; the pinned outputs), the direction follows from the pointers
-        self._check(self.cudart.cudaMemcpyAsync(dst, src, nbytes, self.cudart.cudaMemcpyKind.cudaMemcpyDefault,
-                                                self.stream))
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
 
     def __call__(self, parts) -> list[np.ndarray]:
         """Run the batch made of `parts` (per request: a numpy array, or an OrtValue on the host or the device,
@@ -147,17 +122,8 @@ class OrtDetector:
                                                               self.device_id)
             offset = 0
             for p in parts:
-                offset += self._copy_part(batch.data_ptr() + offset, p)
+                offset += self.cuda.copy_part(batch.data_ptr() + offset, p)
         return self._run(batch)
-
-    def _copy_part(self, dst: int, part) -> int:
-        if isinstance(part, np.ndarray):
-            part = np.ascontiguousarray(part, np.float32)
-            self.copy_async(dst, part.ctypes.data, part.nbytes)
-            return part.nbytes
-        nbytes = 4 * int(np.prod(part.shape()))
-        self.copy_async(dst, part.data_ptr(), nbytes)
-        return nbytes
 
     def _run(self, batch) -> list[np.ndarray]:
         """Eager run of one joined batch (numpy or OrtValue); outputs on the host."""
@@ -188,7 +154,7 @@ class OrtDetector:
             self.candidates.run_with_iobinding(c)
             outputs = c.get_outputs()
         if on_cuda:
-            self._check(self.cudart.cudaStreamSynchronize(self.stream))  # the runs are on our stream: wait for them
+            self.cuda.synchronize()  # the runs are on our stream: wait for them
         return [o.numpy() for o in outputs]
 
 
@@ -205,15 +171,10 @@ def pad_stack(per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-def rows(part) -> int:
-    """Images in a request's part (numpy array or OrtValue)."""
-    return int(part.shape[0]) if isinstance(part, np.ndarray) else int(part.shape()[0])
-
-
 class _GraphSlot:
     """One batch size's fixed buffers, bindings and captured graph(s) (graph id = the batch size)."""
 
-    def __init__(self, det: OrtDetector, b: int):
+    def __init__(self, det: OrtEngine, b: int):
         self.det = det
         dev = lambda shape, dtype: ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cuda", det.device_id)
         self.input = dev([b, *det.input_shape], np.float32)
@@ -237,7 +198,7 @@ class _GraphSlot:
             for o, v in zip(outs, self.outputs):
                 self.candidate_binding.bind_ortvalue_output(o.name, v)
         if not det.host:  # pinned host memory for max_batch images, shared by every batch size (one call at a time)
-            det.host = [det.pinned([det.max_batch, *v.shape()[1:]], t) for v, t in zip(self.outputs, types)]
+            det.host = [det.cuda.pinned([det.max_batch, *v.shape()[1:]], t) for v, t in zip(self.outputs, types)]
         self.host = [h[:b] for h in det.host]
         for _ in range(3):  # ONNX Runtime runs the first run(s) of a graph id normally, then captures
             self.run([np.zeros([b, *det.input_shape], np.float32)])
@@ -257,7 +218,7 @@ class _GraphSlot:
         det = self.det
         offset = 0
         for p in parts:
-            offset += det._copy_part(self.input.data_ptr() + offset, p)
+            offset += det.cuda.copy_part(self.input.data_ptr() + offset, p)
         det.times.mark("input")
         det.session.run_with_iobinding(self.binding, self.run_options)
         det.times.mark("network")
@@ -265,7 +226,7 @@ class _GraphSlot:
             det.candidates.run_with_iobinding(self.candidate_binding, self.run_options)
             det.times.mark("candidates")
         for h, v in zip(self.host, self.outputs):
-            det.copy_async(h.ctypes.data, v.data_ptr(), h.nbytes)
-        det._check(det.cudart.cudaStreamSynchronize(det.stream))
+            det.cuda.copy_async(h.ctypes.data, v.data_ptr(), h.nbytes)
+        det.cuda.synchronize()
         det.times.mark("to_host")
         return list(self.host)

@@ -1,4 +1,4 @@
-"""ort_detector.OrtDetector, the Python detector's engine (model.onnx, then candidates.onnx if any).
+"""ort_detector.OrtEngine, the Python detector's engine (model.onnx, then candidates.onnx if any).
 
 Here: the CPU provider gives plain ONNX Runtime's outputs, whatever way the batch is split into
 requests. On the GPU host (scripts/gpu_host_run.sh tests): the CUDA graphs (one per batch size) give
@@ -14,7 +14,7 @@ import pytest
 from test_gpu_preprocess import SPEC, gpu
 from yolotriton.runtime import images
 from yolotriton.build.candidates_graph import write_candidates_onnx
-from yolotriton.runtime.ort_detector import OrtDetector
+from yolotriton.runtime.ort_engine import OrtEngine
 from yolotriton.build.repository import spec_path
 from yolotriton.build.spec import DetectorSpec
 
@@ -50,7 +50,7 @@ def _plain(model, cand, x):
 def test_cpu_outputs_equal_onnx_runtime_for_any_split(detector_files, batch, with_candidates):
     model, cand = detector_files
     cand = cand if with_candidates else None
-    det = OrtDetector(model, cand, max_batch=8)
+    det = OrtEngine(model, cand, max_batch=8)
     ref = _plain(model, cand, batch)
     for split in ([8], [1, 7], [3, 1, 4], [1] * 8):
         bounds = np.cumsum([0, *split])
@@ -76,7 +76,7 @@ def test_cuda_graphs_setting_reaches_the_detector(tmp_path):
     assert build_repo.parse_args(["--cuda-graphs", "off"]).cuda_graphs == "off"
     assert build_repo.parse_args([]).cuda_graphs == "on"
     render_repository(tmp_path, SPEC, RepositorySettings())
-    assert (tmp_path / "yolov4_detector" / "1" / "runtime" / "ort_detector.py").is_file()
+    assert (tmp_path / "yolov4_detector" / "1" / "runtime" / "ort_engine.py").is_file()
 
 
 @gpu
@@ -84,8 +84,8 @@ def test_cuda_graphs_setting_reaches_the_detector(tmp_path):
 def test_cuda_graphs_equal_eager_cuda_while_the_batch_size_changes(detector_files, batch, with_candidates):
     model, cand = detector_files
     cand = cand if with_candidates else None
-    eager = OrtDetector(model, cand, max_batch=8, cuda=True, cuda_graphs=False, cuda_wait="spin")
-    graphed = OrtDetector(model, cand, max_batch=8, cuda=True, cuda_wait="spin")
+    eager = OrtEngine(model, cand, max_batch=8, cuda=True, cuda_graphs=False, cuda_wait="spin")
+    graphed = OrtEngine(model, cand, max_batch=8, cuda=True, cuda_wait="spin")
     assert sorted(graphed.graphs) == list(range(1, 9)) and not eager.graphs  # a graph per batch size
     for n in (1, 3, 8, 2, 5, 1, 8, 4, 7, 6, 2):
         x = np.roll(batch, n, axis=0)[:n]
@@ -110,7 +110,7 @@ def test_a_model_without_capturable_shapes_runs_without_graphs(tmp_path, batch):
     path = tmp_path / "where.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     said = []
-    det = OrtDetector(str(path), None, max_batch=8, cuda=True, cuda_wait="spin", log=said.append)
+    det = OrtEngine(str(path), None, max_batch=8, cuda=True, cuda_wait="spin", log=said.append)
     assert not det.graphs and any("CUDA graphs unavailable" in s for s in said), said
     for n in (3, 1, 8):
         np.testing.assert_array_equal(det([batch[:n]])[0], np.array(np.nonzero(batch[:n] > np.float32(0.999))))

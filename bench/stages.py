@@ -25,7 +25,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import simplejpeg  # noqa: E402
 
-from yolotriton import images  # noqa: E402
+from yolotriton.runtime import images  # noqa: E402
 from yolotriton.runtime.detections import Decoder  # noqa: E402
 
 

@@ -112,6 +112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
                      help="python detector on the GPU: replay one captured CUDA graph per batch size (on) or launch "
                           "the kernels one by one (off)")
+    out.add_argument("--engine", choices=("auto", "ort", "torch"), default="auto",
+                     help="python detector's network: ort = ONNX Runtime; torch = PyTorch (torch.compile, FP16 NHWC, CUDA "
+                          "graphs; GPU only, ONNX Runtime where torch is missing at load); auto = torch when the "
+                          "detector decodes raw heads on the GPU")
     out.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max_queue_delay_microseconds")
     trt = p.add_argument_group("TensorRT (--target tensorrt; --trt-accelerator for --target onnxruntime)")
     trt.add_argument("--plan-builder", choices=("local", "docker", "tensorrt-rtx"), default="local",
@@ -237,7 +241,7 @@ def main(argv=None) -> int:
         result = build(BuildOptions(source=source, repo=repo, output=output, opset=args.opset, parity_images=tuple(parity),
                            plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
                            plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=decode,
-                           nms=nms, preprocess_in=args.preprocess_in,
+                           nms=nms, preprocess_in=args.preprocess_in, engine=args.engine,
                            fp16_fallback=args.detector_precision == "auto",
                            nms_from_model=tuple(k for k in ("nms_kind", "beta_nms") if k not in nms_given),
                            instances=lambda resolved, spec: instance_counts(args, resolved, spec)))

@@ -44,8 +44,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 import ceilings  # noqa: E402
+import engines  # noqa: E402  (the conv bound and the torch engine alone)
 import run  # noqa: E402  (perf_input_file, cpu_breakdown: the same measurement as make bench)
-from yolotriton import stage_times  # noqa: E402
+from yolotriton.runtime import stage_times  # noqa: E402
 from yolotriton.build.repository import read_settings  # noqa: E402
 
 MPS_NOTES: set[str] = set()
@@ -243,12 +244,30 @@ def report(args):
     detector_batches = ints(args.detector_batches)
     folder = args.repo / "yolov4_detector" / "1"
     log("[gpu] ceilings: each stage alone at its best")
-    decode_rows = ceilings.decode_ceiling(blobs, args.ceiling_seconds, ints(args.decode_batches), log=log)
     network = {}
     for precision, name in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx")):
         if (folder / name).is_file():
             network[precision] = ceilings.network_ceiling(str(folder / name), ints(args.network_batches),
                                                           seconds=args.ceiling_seconds, log=log, label=f" {precision}")
+    log("[gpu] the hardware bound: the network's convolutions alone, cuDNN's best algorithms, FP16 NHWC (torch)")
+    bound = []
+    for b in ints(args.network_batches):
+        try:
+            bound.append({"batch": b, **engines.conv_bound(str(folder / "model.onnx"), b)})
+            log(f"  conv bound batch {b}: {bound[-1]['images_per_s']:.0f} img/s ({bound[-1]['tflops']:.0f} TFLOPS)")
+        except Exception as e:  # noqa: BLE001 -- no torch here: the bound is missing, and the report says so
+            log(f"  conv bound batch {b}: not measured ({type(e).__name__}: {e})")
+    bound_best = ceilings.best(bound)
+    if (folder / "candidates.onnx").is_file():
+        network["torch"] = []
+        for b in ints(args.network_batches):
+            try:
+                r = engines.torch_rate(folder, b, half=settings.detector_precision == "fp16")
+                network["torch"].append({"batch": b, **r})
+                log(f"  torch engine {settings.detector_precision} + candidates, batch {b}: {r['images_per_s']:.0f} "
+                    f"img/s (built in {r['build_s']} s)")
+            except Exception as e:  # noqa: BLE001
+                log(f"  torch engine batch {b}: not measured ({type(e).__name__}: {str(e)[:200]})")
     engine = {}
     if (folder / "candidates.onnx").is_file():  # what the served engine adds on the GPU: the heads' decode + top-K
         served_model = folder / ("model.fp16.onnx" if settings.detector_precision == "fp16" else "model.onnx")
@@ -256,8 +275,11 @@ def report(args):
             str(served_model), [b for b in (8, 64) if b in ints(args.network_batches)],
             candidates=str(folder / "candidates.onnx"), seconds=args.ceiling_seconds, log=log,
             label=f" {settings.detector_precision}")}
+    # the decode last: on the H200 (2026-12-04) ONNX Runtime's CUDA sessions crashed (SIGSEGV) when made after it
+    decode_rows = ceilings.decode_ceiling(blobs, args.ceiling_seconds, ints(args.decode_batches), log=log)
     decode_best = ceilings.best(decode_rows)
-    network_best = ceilings.best(network.get(settings.detector_precision, []))
+    served_engine = "torch" if settings.engine == "torch" and network.get("torch") else settings.detector_precision
+    network_best = ceilings.best(network.get(served_engine, []))
     ceiling = min(r["images_per_s"] for r in (decode_best, network_best) if r) if (decode_best or network_best) \
         else float("nan")
     levels = ints(args.concurrency)
@@ -299,44 +321,53 @@ def report(args):
              f"model input {size[0]}x{size[1]}, {len(spec.get('heads') or ())} heads; served precision "
              f"{settings.detector_precision}, max batch {settings.max_batch_size}; MPS for the served rows: "
              f"{'; '.join(sorted(MPS_NOTES))}.", "",
-             f"Ceiling = min(decode alone at its best, network alone at its best in {settings.detector_precision}) = "
-             f"**{ceiling:.0f} img/s**; the ratio column is images/s over it.", "",
-             "| path | images/s | p50 ms | ratio to the ceiling |", "|---|---|---|---|"]
+             f"Ceiling = min(decode alone at its best, network alone at its best on the served engine, "
+             f"{settings.engine} {settings.detector_precision}) = **{ceiling:.0f} img/s**. The hardware bound = the "
+             f"network's convolutions alone, each at cuDNN's best algorithm, FP16 NHWC, summed (torch "
+             f"{engines.torch_version()}): **{bound_best['images_per_s'] if bound_best else float('nan'):.0f} img/s**"
+             f" at batch {bound_best['batch'] if bound_best else '-'}.", "",
+             "| path | images/s | p50 ms | ratio to the ceiling | ratio to the conv bound |", "|---|---|---|---|---|"]
+    of_bound = lambda ips: f"{ips / bound_best['images_per_s']:.2f}" if bound_best else "-"
+    for r in bound:
+        lines.append(f"| the network's convolutions alone (cuDNN best, FP16 NHWC), batch {r['batch']} | "
+                     f"{r['images_per_s']:.0f} | | | {of_bound(r['images_per_s'])} |")
     for r in decode_rows:
         star = " **(best)**" if r is decode_best else ""
         lines.append(f"| decode alone, nvImageCodec {r['backend']}, batch {r['batch']}{star} | {r['images_per_s']:.0f} | | "
-                     f"{r['images_per_s'] / ceiling:.2f} |")
+                     f"{r['images_per_s'] / ceiling:.2f} | |")
     for precision, rows_ in network.items():
         top = ceilings.best(rows_)
         for r in rows_:
             star = " **(best)**" if r is top else ""
-            lines.append(f"| network alone {precision}, input on the GPU, IO binding + CUDA graph, batch {r['batch']}{star} "
-                         f"| {r['images_per_s']:.0f} | | {r['images_per_s'] / ceiling:.2f} |")
+            what = (f"network + candidates alone, torch engine {settings.detector_precision} (inductor, CUDA graph)"
+                    if precision == "torch" else f"network alone, ONNX Runtime {precision}, IO binding + CUDA graph")
+            lines.append(f"| {what}, input on the GPU, batch {r['batch']}{star} "
+                         f"| {r['images_per_s']:.0f} | | {r['images_per_s'] / ceiling:.2f} | {of_bound(r['images_per_s'])} |")
     for b, r in engine.items():
-        lines.append(f"| network {settings.detector_precision} + candidates.onnx (the served engine's GPU work), batch {b} "
-                     f"| {r['images_per_s']:.0f} | | {r['images_per_s'] / ceiling:.2f} |")
+        lines.append(f"| network {settings.detector_precision} + candidates.onnx on ONNX Runtime, batch {b} "
+                     f"| {r['images_per_s']:.0f} | | {r['images_per_s'] / ceiling:.2f} | {of_bound(r['images_per_s'])} |")
     stage_rows = []
     for label, r in results.items():
         for row in r["rows"]:
             ips = float(row["Inferences/Second"])
             per = f", {row['images_per_request']} images per request" if row["images_per_request"] > 1 else ""
             lines.append(f"| served ensemble, {label}, concurrency {row['Concurrency']}{per} (GPU {row['gpu_util']:.0f}%) "
-                         f"| {ips:.1f} | {int(row['p50 latency']) / 1000:.1f} | {ips / best_inproc:.2f} |")
+                         f"| {ips:.1f} | {int(row['p50 latency']) / 1000:.1f} | {ips / best_inproc:.2f} | {of_bound(ips)} |")
             if row.get("stages"):
                 stage_rows.append((f"{label}, concurrency {row['Concurrency']}{per}", row))
         for b, (ips, p50) in r.get("detector_batches", {}).items():
             lines.append(f"| served detector alone, {label}, batch {b}, one request at a time | {ips:.1f} | {p50:.2f} | "
-                         f"{ips / best_inproc:.2f} |")
+                         f"{ips / best_inproc:.2f} | {of_bound(ips)} |")
         if "direct" in r:
             conc, ips, p50 = r["direct"]
             lines.append(f"| the detector model called directly (no ensemble step), concurrency {conc} | {ips:.1f} | "
-                         f"{p50:.1f} | {ips / best_inproc:.2f} |")
+                         f"{p50:.1f} | {ips / best_inproc:.2f} | {of_bound(ips)} |")
         if "detector" in r:
             shm, ips = r["detector"]
             # perf_analyzer counts inferences as requests x batch size: already images/s
             nms = " (with its NMS, random image_meta)" if settings.nms == "detector" else ""
             lines.append(f"| served detector alone{nms}, batch 8, {shm} shared memory | {ips:.1f} | | "
-                         f"{ips / best_inproc:.2f} |")
+                         f"{ips / best_inproc:.2f} | {of_bound(ips)} |")
     if stage_rows:
         names = [k for k in STAGES if any(k in r["stages"] for _, r in stage_rows)]
         lines += ["", "Stage times inside the stubs under load, GPU ms / CPU ms per image (CUDA events on the "

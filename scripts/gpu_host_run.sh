@@ -2,10 +2,10 @@
 # On the lent GPU machine, after scripts/gpu_wheels.sh's parts and the prebuilt repositories were carried
 # into STASH (docs/gpu-host.md, "How to run it there"): the GPU tests, the end-to-end tests against the GPU
 # repository, then bench/gpu.py.
-#   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|tune|all]
+#   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|engines|tune|all]
 # STASH holds: wheels.tar.part.* (joined and unpacked into STASH/wheels on the first call), tiny/repo (a
-# default --detector-device gpu build), y608/repo, darknet/ (../shared/darknet) and yolov4-tiny/
-# (.cache/yolov4-tiny).
+# default --detector-device gpu build), y608/repo (its model*.onnx may travel without weights: bench/onnx_weights.py
+# strip; drawn again here), darknet/ (../shared/darknet) and yolov4-tiny/ (.cache/yolov4-tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STASH=$1 OUT=$2 WHAT=${3:-all}
@@ -17,8 +17,9 @@ mkdir -p ../shared .cache
 [ -d .cache/yolov4-tiny ] || { [ -d "$STASH/yolov4-tiny" ] && cp -r "$STASH/yolov4-tiny" .cache/; }
 export PYTHONUNBUFFERED=1
 run() { scripts/gpu_host.sh "$STASH/wheels" -- "$@"; }
+[ -d "$STASH/y608/repo" ] && run python bench/onnx_weights.py fill "$STASH/y608/repo/yolov4_detector/1"
 if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
-  YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider tests/test_gpu_preprocess.py tests/test_ort_detector.py 2>&1 | tee "$OUT/tests-gpu.log"
+  YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider tests/test_gpu_preprocess.py tests/test_ort_engine.py tests/test_torch_engine.py 2>&1 | tee "$OUT/tests-gpu.log"
   YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider \
     tests/test_serving.py tests/test_client.py tests/test_reliability.py tests/test_decode_in_detector.py tests/test_nms_in_detector.py \
     tests/test_preprocess_in_detector.py tests/test_gpu_load.py \
@@ -26,12 +27,19 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
 fi
 if [ "$WHAT" = bench-tiny ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/tiny/repo" --photos ../shared/darknet --out "$OUT/tiny" \
-    --concurrency 64,128,256 --also decode_batch=8 --also detector_instances=8,decode_batch=8 \
-    --also-concurrency 128,256 2>&1 | tee "$OUT/bench-tiny.log"
+    --concurrency ${TINY_LEVELS:-128,256,384} --network-batches 32,128 --decode-batches 8,64 --also engine=ort \
+    --also-concurrency 256 2>&1 | tee "$OUT/bench-tiny.log"
 fi
 if [ "$WHAT" = bench-608 ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/y608/repo" --photos ../shared/darknet --out "$OUT/y608" \
-    --concurrency 32,64,128 --network-batches 8,16,32,64 --decode-batches 8,32 2>&1 | tee "$OUT/bench-608.log"
+    --concurrency 64,128 --network-batches 8,32 --decode-batches 8 --also engine=ort --also-concurrency 128 \
+    2>&1 | tee "$OUT/bench-608.log"
+fi
+if [ "$WHAT" = engines ] || [ "$WHAT" = all ]; then  # the candidate engines side by side, network alone
+  run python bench/engines.py --model-dir "$STASH/tiny/repo/yolov4_detector/1" --photos ../shared/darknet \
+    --batches 32,128 --out "$OUT/engines-tiny.json" 2>&1 | tee "$OUT/engines-tiny.log"
+  run python bench/engines.py --model-dir "$STASH/y608/repo/yolov4_detector/1" --batches 32 \
+    --out "$OUT/engines-608.json" 2>&1 | tee "$OUT/engines-608.log"
 fi
 if [ "$WHAT" = tune ]; then  # make tune's search on the GPU repository (writes the best back into STASH/tiny/repo)
   run python bench/tune.py --repository "$STASH/tiny/repo" --budget-s "${BUDGET_S:-420}" 2>&1 | tee "$OUT/tune.log"

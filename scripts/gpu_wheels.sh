@@ -13,12 +13,16 @@ PLAT=(--platform manylinux_2_39_x86_64 --platform manylinux_2_38_x86_64 --platfo
       --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
       --platform manylinux1_x86_64 --platform linux_x86_64 --platform any)
 # The serving stack with the project's pins where they apply; numpy 1.26 keeps the stub's outputs non-empty.
+# onnx2torch (pure Python) is the torch engine's converter; torch itself (with its CUDA wheels, ~3 GB) is the
+# GPU image's own, in /opt/torch/.venv: scripts/gpu_host.sh lets the venv see it.
 "${PYTHON:-python3}" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
   -d "$WHEELS" \
   onnxruntime-gpu==1.31.1 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.2.3.58 cuda-bindings==13.4.4 \
   nvidia-pytriton==0.7.0 numpy==1.26.4 opencv-python-headless==4.11.0.86 simplejpeg==1.9.0 \
   "tritonclient[grpc,http]==2.73.0" perf-analyzer==2.60.0 pytest==9.2.0 pytest-timeout==2.4.0 onnx==1.23.2 \
   jinja2==3.1.6 pyyaml==6.0.3
+# without its dependencies: they are torch's, which the GPU image has
+"${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: -d "$WHEELS" onnx2torch==1.5.15
 ls "$WHEELS" | wc -l; du -sh "$WHEELS"
 rm -f "$DEST"/wheels.tar.part.*
 tar -C .gpu -cf - wheels | split -b 60M - "$DEST/wheels.tar.part."

@@ -68,10 +68,12 @@ def test_batch_and_concurrency_give_the_same_answers(grpc, server, photos):
 
 
 def test_http_equals_grpc(grpc, http, photos):
+    """The two protocols carry the same answer: equal to the bit on the CPU; on the GPU the two requests may land
+    on instances whose torch engines benchmarked other cuDNN algorithms (H200: scores 2e-4 apart), so within
+    assert_same's bounds."""
     blob = photos[0].read_bytes()
     a, b = infer_bytes(grpc, grpcclient, [blob]), infer_bytes(http, httpclient, [blob])
-    for k in OUTPUTS:
-        np.testing.assert_array_equal(a[k], b[k])
+    assert_same(a, b, "http vs grpc")
 
 
 def test_raw_image_entry_point(grpc, photos, built_repo):
@@ -95,7 +97,8 @@ def test_per_request_thresholds(grpc, photos):
     strict = detections(infer_bytes(grpc, grpcclient, [blob], {"score_threshold": 0.7}))
     assert len(strict[1]) < len(default[1]) and (strict[1] > 0.7).all()
     top1 = infer_bytes(grpc, grpcclient, [blob], {"max_detections": 1})
-    assert top1["num_detections"][0, 0] == 1 and top1["scores"][0, 0] == default[1].max()
+    # within assert_same's 2e-3: on the GPU another instance may have benchmarked other cuDNN algorithms
+    assert top1["num_detections"][0, 0] == 1 and abs(top1["scores"][0, 0] - default[1].max()) <= 2e-3
     with pytest.raises(InferenceServerException, match="max_detections must be 1..100"):
         infer_bytes(grpc, grpcclient, [blob], {"max_detections": 1000})
 

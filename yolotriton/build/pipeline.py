@@ -20,7 +20,7 @@ from pathlib import Path
 from ..runtime import images
 from .importer import ImportOptions, import_model
 from .plan import DEFAULT_NGC_TAG, PlanError, PlanOptions
-from .repository import (RepositorySettings, read_settings, render_repository, resolve_decode, resolve_nms,
+from .repository import (RepositorySettings, read_settings, render_repository, resolve_decode, resolve_engine, resolve_nms,
                          resolve_preprocess_in, spec_path, validate_repository)
 from .spec import DetectorSpec, SpecError
 
@@ -45,6 +45,7 @@ class BuildOptions:
     ngc_tag: str = DEFAULT_NGC_TAG
     decode: str = "auto"  # --decode: auto | postprocess | detector (resolved once the model's layout is known)
     nms: str = "auto"  # --nms: auto | postprocess | detector (resolved after decode)
+    engine: str = "auto"  # --engine: auto | ort | torch (resolved after decode)
     preprocess_in: str = "auto"  # --preprocess-in: auto | preprocess | detector (resolved after nms)
     # the instance counts (RepositorySettings fields) for the resolved layout: build_repo.instance_counts; None
     # keeps the counts in `repo`
@@ -127,6 +128,7 @@ def _build_local(opts: BuildOptions) -> Path:
             f"beta_nms={det.nms_rule['beta_nms']}: served with darknet's DIoU-NMS, beta {s.beta_nms} "
             "(--nms-kind greedy overrides)")
     s = dataclasses.replace(s, decode=resolve_decode(opts.decode, s, spec))
+    s = dataclasses.replace(s, engine=resolve_engine(opts.engine, s, spec))
     s = dataclasses.replace(s, nms=resolve_nms(opts.nms, s))
     s = dataclasses.replace(s, preprocess_in=resolve_preprocess_in(opts.preprocess_in, s))
     if opts.instances is not None:  # sized for the layout this model gets, known only now
@@ -176,7 +178,10 @@ def _build_local(opts: BuildOptions) -> Path:
         log(f"[render] {len(list(staging.glob('*/config.pbtxt')))} models rendered and validated "
             f"({time.perf_counter() - t:.1f}s); preprocess on the {s.preprocess_device.upper()} in the "
             f"{s.preprocess_in}, heads decoded in "
-            f"the {s.decode}, NMS in the {s.nms}, instances {instance_summary(s)} ({s.instances_reason})")
+            f"the {s.decode}, NMS in the {s.nms}, "
+            + (f"network on engine {s.engine}{' (ONNX Runtime where torch is missing at load)' if s.engine == 'torch' else ''}, "
+               if s.target == "python" else "")
+            + f"instances {instance_summary(s)} ({s.instances_reason})")
         _swap_in(staging, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)

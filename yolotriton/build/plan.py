@@ -126,10 +126,19 @@ def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_thr
         sess = ort.InferenceSession(str(path), providers=ort.get_available_providers())
         outs = dict(zip(decoder.output_names, sess.run(decoder.output_names, {INPUT_NAME: batch})))
         results.append(decoder(outs, meta, score_threshold, iou_threshold, 100))
-    (n32, b32, s32, c32), (n16, b16, s16, c16) = results
+    return match_detections(*results, score_threshold, max_score_delta, min_iou)
+
+
+def match_detections(reference, other, score_threshold: float = 0.25, max_score_delta: float = 0.05,
+                     min_iou: float = 0.9) -> GateReport:
+    """The gate's rule on two decoders' results (num, boxes, scores, classes) for the same images: every detection
+    scoring at least score_threshold + max_score_delta in either has a counterpart in the other."""
+    import numpy as np
+
+    (n32, b32, s32, c32), (n16, b16, s16, c16) = reference, other
     problems, matched, worst_iou, worst_delta = [], 0, 1.0, 0.0
     strong = score_threshold + max_score_delta
-    for i in range(len(batch)):
+    for i in range(len(n32)):
         for (na, ba, sa, ca), (nb, bb, sb, cb), label in (((n32, b32, s32, c32), (n16, b16, s16, c16), "fp32"),
                                                         ((n16, b16, s16, c16), (n32, b32, s32, c32), "fp16")):
             for j in range(na[i, 0]):
@@ -146,7 +155,7 @@ def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_thr
                 matched += label == "fp32"
                 if delta > max_score_delta:
                     problems.append(f"image {i}: class {ca[i, j]} score {sa[i, j]:.3f} vs {sb[i, k]:.3f} in the other")
-    return GateReport(len(batch), matched, worst_iou, worst_delta, problems)
+    return GateReport(len(n32), matched, worst_iou, worst_delta, problems)
 
 
 def _iou(a, b) -> float:

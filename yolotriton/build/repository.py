@@ -18,6 +18,7 @@ import jinja2
 
 from ..runtime.decode import CANDIDATE_OUTPUTS
 from ..runtime.detections import FINAL_OUTPUTS
+from ..runtime.engine import ENGINES
 from ..runtime.settings import NMS_KINDS
 from .spec import INPUT_NAME, DetectorSpec
 
@@ -120,6 +121,10 @@ class RepositorySettings:
     # its kernels one by one ("off"): less CPU per batch, and no cuDNN re-selection when the batch size changes
     # (ort_engine.py; docs/gpu-host.md has the measurements).
     cuda_graphs: str = "on"
+    # What runs the Python detector's network (runtime/engine.py): "ort", ONNX Runtime; "torch", the same ONNX
+    # converted by onnx2torch and compiled by torch.compile, FP16 NHWC, one CUDA graph per batch bucket (GPU only;
+    # where torch is missing at load the model says so and ONNX Runtime runs it). docs/gpu-host.md measures both.
+    engine: str = "ort"
     instances_reason: str = ""  # how the instance counts were chosen (--instances auto writes it)
 
     def __post_init__(self):
@@ -167,6 +172,11 @@ class RepositorySettings:
             raise RepositoryError(f"cuda wait {self.cuda_wait!r}: expected spin or block")
         if self.cuda_graphs not in ("on", "off"):
             raise RepositoryError(f"cuda graphs {self.cuda_graphs!r}: expected on or off")
+        if self.engine not in ENGINES:
+            raise RepositoryError(f"engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if self.engine == "torch" and (self.target != "python" or self.detector_device != "gpu"):
+            raise RepositoryError("--engine torch runs the Python detector on the GPU: it needs --target python and "
+                                  "--detector-device gpu")
         if not 0 <= self.letterbox_fill <= 1:
             raise RepositoryError(f"letterbox fill {self.letterbox_fill}: expected a value in [0, 1]")
 
@@ -254,7 +264,7 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
             "intra_op_threads": str(s.ort_threads), "execution_providers": providers,
             "model_file": "model.fp16.onnx" if s.detector_precision == "fp16" else "model.onnx",
             "candidates_file": "candidates.onnx" if s.decode == "detector" else "", "cuda_wait": s.cuda_wait,
-            "cuda_graphs": s.cuda_graphs, "nms": "on" if fused else "off", **(thresholds if fused else {}),
+            "cuda_graphs": s.cuda_graphs, "engine": s.engine, "nms": "on" if fused else "off", **(thresholds if fused else {}),
             "per_image": "on" if spec.per_image else "off",  # outputs shaped by the image: each runs alone
             **({"preprocess": "on", **pre.parameters} if whole else {}),
             # GPU preprocess model: take its output where it is (on the GPU) instead of Triton's copy to the host
@@ -344,6 +354,15 @@ def resolve_decode(requested: str, s: RepositorySettings, spec: DetectorSpec) ->
     if requested != "auto":
         return requested
     return "detector" if s.target == "python" and s.detector_device == "gpu" and spec.heads else "postprocess"
+
+
+def resolve_engine(requested: str, s: RepositorySettings, spec: DetectorSpec) -> str:
+    """--engine auto: torch for the Python detector on the GPU when it decodes raw heads itself and runs whole
+    batches (2.4-2.6x ONNX Runtime's images/s on the H200, docs/gpu-host.md); else ONNX Runtime."""
+    if requested != "auto":
+        return requested
+    torch = s.target == "python" and s.detector_device == "gpu" and s.decode == "detector" and not spec.per_image
+    return "torch" if torch else "ort"
 
 
 def resolve_nms(requested: str, s: RepositorySettings) -> str:

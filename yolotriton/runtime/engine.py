@@ -32,22 +32,23 @@ def open_engine(kind: str, model_dir: str, model_file: str = "model.onnx", candi
     if kind not in ENGINES:
         raise ValueError(f"engine {kind!r}: expected one of {', '.join(ENGINES)}")
     path = lambda name: os.path.join(model_dir, name) if name else None
-    if kind == "torch" and cuda and not per_image:
+    if kind == "torch":
         try:
             from .torch_engine import TorchEngine
         except ImportError as e:
             log(f"engine torch unavailable here ({e}): ONNX Runtime runs the network instead "
-                "(pip install the torch and onnx2torch of docs/gpu-host.md into the stub's environment)")
+                "(install the torch and onnx2torch of docs/gpu-host.md into the stub's environment)")
         else:
-            try:
-                return TorchEngine(path("model.onnx"), path(candidates_file), max_batch=max_batch,
-                                   device_id=device_id, cuda_wait=cuda_wait, half="fp16" in model_file,
-                                   graphs=cuda_graphs, log=log)
-            except Exception as e:  # noqa: BLE001 -- any conversion or compile failure: serve, and say why
-                log(f"engine torch could not load this model ({type(e).__name__}: {str(e)[:300]}): "
-                    "ONNX Runtime runs the network instead")
-    elif kind == "torch":
-        log("engine torch runs on a GPU instance with whole batches only: ONNX Runtime runs this model")
+            if not cuda or per_image:
+                log("engine torch runs on a GPU instance with whole batches only: ONNX Runtime runs this model")
+            else:
+                try:
+                    return TorchEngine(path("model.onnx"), path(candidates_file), max_batch=max_batch,
+                                       device_id=device_id, cuda_wait=cuda_wait, half="fp16" in model_file,
+                                       graphs=cuda_graphs, log=log)
+                except Exception as e:  # noqa: BLE001 -- any conversion or compile failure: serve, and say why
+                    log(f"engine torch could not load this model ({type(e).__name__}: {str(e)[:300]}): "
+                        "ONNX Runtime runs the network instead")
     return OrtEngine(path(model_file), path(candidates_file), max_batch=max_batch, cuda=cuda, device_id=device_id,
                      intra_op_threads=intra_op_threads, cuda_wait=cuda_wait, cuda_graphs=cuda_graphs,
                      per_image=per_image, log=log)

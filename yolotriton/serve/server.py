@@ -188,7 +188,7 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = 180.0) -> "TritonServer":
+    def start(self, timeout: float = 600.0) -> "TritonServer":  # the torch engine compiles at load (docs/gpu-host.md)
         if self.log_path is None:
             import tempfile
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,15 +46,18 @@ def main():
             wall = time.perf_counter() - t
             if proc.returncode:
                 sys.exit(proc.stderr)
-            stages = [l for l in proc.stdout.splitlines() if l.startswith("[")]
-            print(f"## {label}, run {run + 1}: {wall:.1f}s wall\n" + "\n".join(stages))
-            results.append((label, wall, stages))
-    print("\n| model | wall time (s) | import | SavedModel | ONNX+check | parity |")
-    print("|---|---|---|---|---|---|")
-    for label, wall, stages in results:
-        secs = [re.findall(r"\(([\d.]+)s\)|in ([\d.]+)s", s) for s in stages]
+            stages = [l for l in proc.stdout.splitlines() if l.startswith("[") or "peak memory" in l]
+            # the largest of this process's waited children so far: the build and its tf2onnx child (Linux: KiB)
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+            print(f"## {label}, run {run + 1}: {wall:.1f}s wall, peak {peak:.1f} GB\n" + "\n".join(stages))
+            results.append((label, wall, stages, peak))
+    print("\n| model | wall time (s) | import | SavedModel | ONNX+check | parity | tf2onnx peak (GB) | build peak (GB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, wall, stages, peak in results:
+        secs = [re.findall(r"\(([\d.]+)s\)|in ([\d.]+)s", s) for s in stages if not s.startswith("  ")]
         pick = lambda i: next((a or b for a, b in secs[i]), "?")
-        print(f"| {label} | {wall:.1f} | {pick(0)} | {pick(1)} | {pick(2)} | {pick(3)} |")
+        tf2onnx = next((m.group(1) for s in stages for m in [re.search(r"tf2onnx: peak memory ([\d.]+) GB", s)] if m), "?")
+        print(f"| {label} | {wall:.1f} | {pick(0)} | {pick(1)} | {pick(2)} | {pick(3)} | {tf2onnx} | {peak:.1f} |")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,43 @@ def test_failed_parity_gate_keeps_previous_repository(capsys, existing_repo, mon
     assert (existing_repo / "previous_model" / "config.pbtxt").is_file()
 
 
+def test_a_killed_converter_says_why_and_keeps_previous_repository(capsys, existing_repo):
+    """The converter child ended by SIGKILL (what the OOM killer sends): one line with the signal, the peak memory
+    and the machine's, a hint, exit 2, and the output folder as it was. The kill is ours, sent as soon as the
+    tf2onnx child of this process appears."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def kill_converter(stop):
+        while not stop.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                    parent = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]
+                except OSError:
+                    continue
+                if b"tf2onnx.convert" in cmd and int(parent) == os.getpid():
+                    time.sleep(2)  # let it take some memory first
+                    os.kill(int(pid), signal.SIGKILL)
+                    return
+            time.sleep(0.1)
+
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_converter, args=(stop,), daemon=True)
+    killer.start()
+    try:
+        err = run_failing([], capsys, existing_repo)
+    finally:
+        stop.set()
+        killer.join(5)
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "tf2onnx was killed by SIGKILL after reaching" in err and "GB resident, on a machine of" in err, err
+    assert "OOM killer" in err, err
+    assert (existing_repo / "previous_model" / "config.pbtxt").read_text() == 'name: "previous_model"\n'
+
+
 def test_successful_build_replaces_repository(existing_repo, capsys):
     assert build_repo.main(["--output", str(existing_repo), "--name", "tiny", "--resize", "letterbox"]) == 0
     names = sorted(p.name for p in existing_repo.iterdir())

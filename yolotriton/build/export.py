@@ -7,6 +7,7 @@ spec name (`head_0`.. or `detections` / `boxes`,`scores`), whatever names tf2onn
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import threading
@@ -88,8 +89,35 @@ def convert_savedmodel(saved: Path, onnx_path: Path, opset: int, log) -> None:
         if proc.poll() is None:  # interrupted: do not leave the converter running
             proc.kill()
             proc.wait()
+    peak = _child_peak_gb()
+    if code < 0:  # killed by a signal: the OOM killer's SIGKILL above all; its own last lines would not say so
+        raise ExportError(converter_killed(-code, peak))
     if code != 0:
         raise ExportError("tf2onnx failed:\n" + "\n".join(tail))
+    log(f"  tf2onnx: peak memory {peak:.1f} GB (its process; this machine has {_machine_gb():.0f} GB)")
+
+
+def _child_peak_gb() -> float:
+    """The largest resident set of any child this process waited for (the converter), in GB (Linux: ru_maxrss KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+
+
+def _machine_gb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+
+
+def converter_killed(signum: int, peak_gb: float) -> str:
+    """The one-line reason for a converter that a signal ended."""
+    import signal
+
+    name = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else f"signal {signum}"
+    hint = ("SIGKILL is what the kernel's OOM killer sends when memory runs out (dmesg shows it): close other jobs, "
+            "or convert on a machine with more memory (tf2onnx peaked at 14 GB for the official YOLOv4 608, "
+            "docs/benchmarks.md)" if signum == 9 else "it was stopped from outside")
+    return (f"tf2onnx was killed by {name} after reaching {peak_gb:.1f} GB resident, on a machine of "
+            f"{_machine_gb():.0f} GB: {hint}")
 
 
 def name_tensors(onnx_path: Path, det: ImportedDetector) -> None:

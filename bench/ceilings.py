@@ -23,7 +23,7 @@ import numpy as np
 BATCHES = (8, 16, 32, 64, 128)
 
 
-def _median_rate(step, sync, images_per_call: int, seconds: float, calls: int = 10) -> float:
+def median_rate(step, sync, images_per_call: int, seconds: float, calls: int = 10) -> float:
     step()
     sync()
     rounds, start = [], time.perf_counter()
@@ -80,7 +80,7 @@ def decode_ceiling(blobs: list[bytes], seconds: float = 1.5, batches=BATCHES, de
                 cudart.cudaStreamSynchronize(stream)
                 keep.clear()
 
-            ips = _median_rate(step, sync, b, seconds, calls=2)
+            ips = median_rate(step, sync, b, seconds, calls=2)
             rows.append({"backend": name, "batch": b, "images_per_s": ips})
             log(f"  decode alone, {name}, batch {b}: {ips:.0f} img/s")
     cudart.cudaStreamDestroy(stream)
@@ -136,7 +136,7 @@ def network_ceiling(model: str, batches=BATCHES, candidates: str | None = None, 
             for _ in range(3):  # the first runs of a graph id run normally, then ONNX Runtime captures
                 step()
                 sync()
-            ips = _median_rate(step, sync, b, seconds)
+            ips = median_rate(step, sync, b, seconds)
         except Exception as e:  # noqa: BLE001 -- e.g. out of memory at a large batch: the sweep stops there
             log(f"  network alone{label} b{b}: failed ({str(e)[:200]})")
             break

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ceilings import median_rate  # noqa: E402  (rounds of back-to-back calls, one synchronize each)
+
 
 def torch_version() -> str:
     try:
@@ -37,19 +38,6 @@ def torch_version() -> str:
         return f"{torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
     except ImportError:
         return "missing"
-
-
-def timed(step, sync, images: int, seconds: float = 1.5, calls: int = 10) -> float:
-    step()
-    sync()
-    rounds, start = [], time.perf_counter()
-    while len(rounds) < 5 or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        for _ in range(calls):
-            step()
-        sync()
-        rounds.append(time.perf_counter() - t)
-    return images * calls / statistics.median(rounds)
 
 
 PROFILE = False
@@ -91,7 +79,7 @@ def conv_bound(model_path: str, batch: int, seconds: float = 0.3) -> dict:
         step = lambda: torch.nn.functional.conv2d(x, w, None, c["stride"], 0, c["dilation"], c["groups"])
         for _ in range(3):
             step()
-        per_call = 1.0 / timed(step, torch.cuda.synchronize, 1, seconds)
+        per_call = 1.0 / median_rate(step, torch.cuda.synchronize, 1, seconds)
         total += per_call
         o = c["weight"]
         flops += 2 * batch * o[0] * o[1] * o[2] * o[3] * (c["input"][2] // c["stride"][0]) * (c["input"][3] // c["stride"][1])
@@ -116,7 +104,7 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
         build_s = time.perf_counter() - t
         slot = engine.slot(batch)
         slot.input.uniform_()
-        rate = timed(slot.run, engine.torch_stream.synchronize, batch)
+        rate = median_rate(slot.run, engine.torch_stream.synchronize, batch)
         if PROFILE:
             from torch.profiler import ProfilerActivity, profile
 
@@ -153,7 +141,7 @@ def ort_rate(model_dir: Path, batch: int, nhwc: bool) -> dict:
     for o in sess.get_outputs():
         b.bind_output(o.name, "cuda", 0)
     step = lambda: sess.run_with_iobinding(b)
-    return {"images_per_s": timed(step, b.synchronize_outputs, batch)}
+    return {"images_per_s": median_rate(step, b.synchronize_outputs, batch)}
 
 
 def accuracy(model_dir: Path, photos: Path) -> dict:

@@ -30,8 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--keras", type=Path, help="Keras 3 .keras, Keras 2 .h5 or a SavedModel directory")
     lay = p.add_argument_group("output layout of a --keras model (inferred where the model shows it)")
     lay.add_argument("--layout-file", type=Path, help="JSON with any of the keys below")
-    lay.add_argument("--layout", choices=("raw", "decoded", "nms"),
-                     help="raw YOLO heads, decoded boxes+scores, or the outputs of the model's own NMS")
+    lay.add_argument("--layout", choices=("raw", "decoded-heads", "decoded", "nms"),
+                     help="raw YOLO heads; head-shaped outputs already decoded (cx, cy, w, h in [0, 1], obj, classes; "
+                          "hhk7734's yolov4 2.x); decoded boxes+scores; or the outputs of the model's own NMS")
     lay.add_argument("--anchors", help="raw: a preset (yolov4, yolov4-tiny) or w,h,w,h,... in input pixels")
     lay.add_argument("--masks", help="raw: anchor indices per head, finest grid first, e.g. '0,1,2;3,4,5;6,7,8'")
     lay.add_argument("--scale-x-y", help="raw: one value or one per head (darknet scale_x_y)")
@@ -73,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--beta-nms", type=float, help="diounms's beta_nms (default: the cfg's, else darknet's 0.6)")
     out.add_argument("--best-class-only", action="store_true",
                      help="after NMS each box keeps only its best class (default: every class above the threshold)")
+    out.add_argument("--best-class-first", action="store_true",
+                     help="before NMS each box keeps only its best class (hhk7734's yolov4 2.x predict())")
     out.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
     out.add_argument("--max-pixels", type=int, default=50_000_000, help="largest image accepted (decoded pixels)")
     out.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="largest encoded image accepted")
@@ -202,7 +205,7 @@ def main(argv=None) -> int:
             max_batch_size=args.max_batch_size or (GPU_MAX_BATCH if gpu_python else DEFAULT_MAX_BATCH),
             max_detections=args.max_detections, score_threshold=args.score_threshold,
             iou_threshold=args.iou_threshold, **nms_given,
-            best_class_only=args.best_class_only, resize_mode=args.resize, max_pixels=args.max_pixels,
+            best_class_only=args.best_class_only, best_class_first=args.best_class_first, resize_mode=args.resize, max_pixels=args.max_pixels,
             max_bytes=args.max_bytes,
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=precision,

@@ -188,3 +188,23 @@ def test_diou_nms_and_best_class_only():
     assert num(nms_kind="diou") == 3  # shifted survives
     assert num(nms_kind="diou", best_class_only=True) == 2  # box a only as class 0
     assert num(best_class_only=True) == 1
+
+
+def test_best_class_first_picks_a_box_class_before_nms():
+    """hhk7734's yolov4 2.x predict(): each box takes its best class, then NMS. Box x (class 0 at 0.6, class 1 at
+    0.4) under box y (class 0 at 0.9, IoU 0.9): x's class 0 is suppressed; after NMS x's class 1 survives and is
+    its best surviving class (--best-class-only), while best-class-first never lets x be class 1."""
+    from yolotriton.runtime.detections import Decoder
+    from yolotriton.runtime.settings import nms_options
+
+    spec = {"input_height": 100, "input_width": 100, "num_classes": 2,
+            "decoded": {"outputs": ["decoded_boxes", "decoded_scores"], "box_format": "xyxy", "normalized": False}}
+    out = {"decoded_boxes": np.array([[[10, 10, 60, 60], [10, 12, 60, 62]]], np.float32),
+           "decoded_scores": np.array([[[0.9, 0.0], [0.6, 0.4]]], np.float32)}
+    meta = np.array([[100, 100, 1, 1, 0, 0]], np.float32)
+    run = lambda **kw: Decoder(spec, **kw)(out, meta, 0.25, 0.45, 10)
+    num, _, scores, classes = run(best_class_only=True)
+    assert num[0, 0] == 2 and classes[0, :2].tolist() == [0, 1]
+    num, _, scores, classes = run(best_class_first=True)
+    assert num[0, 0] == 1 and classes[0, 0] == 0 and scores[0, 0] == np.float32(0.9)
+    assert nms_options({"best_class_first": "on"})["best_class_first"] and not nms_options({})["best_class_first"]

@@ -77,6 +77,20 @@ def _decoded_rows(tiny, inp):
         yield h, xy, wh, t, ops.sigmoid(t[..., 4:5]), ops.sigmoid(t[..., 5:])
 
 
+def hhk7734_v2_model(tiny):
+    """hhk7734's yolov4 2.x heads: head-shaped [N, S, S, A*(5+C)], values already decoded (cx, cy, w, h normalized
+    to the input with the cell offset added, objectness and classes after their sigmoid)."""
+    import keras
+    from keras import ops
+
+    spec = tiny.spec
+    inp = keras.Input((spec.input_height, spec.input_width, 3))
+    outs = [ops.reshape(ops.concatenate([xy, wh, obj, cls], -1),
+                        (-1, h.grid[0], h.grid[1], len(h.anchors) * (5 + spec.num_classes)))
+            for h, xy, wh, t, obj, cls in _decoded_rows(tiny, inp)]
+    return keras.Model(inp, outs)
+
+
 def licht_t_model(tiny):
     """tf-yolov4 1.0.4's output: [N, boxes, 89] = cx, cy, w, h (normalized), tx, ty, tw, th, objectness, classes."""
     import keras
@@ -127,12 +141,16 @@ def layouts_repo(tmp_path_factory, tiny_detector, default_model, photos):
     """One repository holding the three layouts' ensembles (hhk, rank5, licht, nms), each built from its model."""
     tmp = tmp_path_factory.mktemp("layouts")
     hhk7734_model(tiny_detector).save(tmp / "hhk.keras")
+    hhk7734_v2_model(tiny_detector).save(tmp / "hhk2.keras")
     rank5_model(tiny_detector).save(tmp / "rank5.keras")
     licht_t_model(tiny_detector).save(tmp / "licht.keras")
     save_nms_savedmodel(tiny_detector, tmp / "nms")
     cases = {
         "hhk": (tmp / "hhk.keras", {"anchors": "yolov4-tiny", "activated": "xy,obj,cls", "scale_x_y_applied": True}),
         "rank5": (tmp / "rank5.keras", {"anchors": "yolov4-tiny"}),
+        "hhk2": (tmp / "hhk2.keras", {}),  # decoded heads, told by their values
+        # exactly the refusal's hint (test_a_raw_reading_of_decoded_heads_names_the_decoded_layout)
+        "hhk2declared": (tmp / "hhk2.keras", {"layout": "decoded-heads"}),
         "licht": (tmp / "licht.keras", {"box_format": "cxcywh", "normalized_boxes": True, "objectness_column": 8,
                                         "class_column": 9}),
         "nms": (tmp / "nms", {"box_format": "yxyx", "normalized_boxes": True}),
@@ -157,7 +175,7 @@ def layouts_server(layouts_repo, tmp_path_factory):
         yield s
 
 
-@pytest.mark.parametrize("name", ["hhk", "rank5", "licht", "nms"])
+@pytest.mark.parametrize("name", ["hhk", "rank5", "hhk2", "hhk2declared", "licht", "nms"])
 def test_layout_served_matches_opencv(layouts_server, name, photos, default_model):
     client = grpcclient.InferenceServerClient(layouts_server.grpc_url)
     net = opencv_net(default_model.cfg, default_model.weights)
@@ -189,6 +207,21 @@ def _refused(capsys, args, tmp_path) -> str:
 def test_hhk7734_heads_with_anchors_alone_are_refused(layouts_repo, capsys, tmp_path):
     err = _refused(capsys, ["--keras", str(layouts_repo[0] / "hhk.keras"), "--anchors", "yolov4-tiny"], tmp_path)
     assert "--activated xy,obj,cls" in err and "--scale-x-y-applied" in err, err
+
+
+def test_decoded_heads_are_inferred_and_said_in_the_build_log(layouts_repo):
+    log = "\n".join(layouts_repo[2]["hhk2"])
+    assert "values say: x rises with the column index" in log and "decoded heads" in log, log
+
+
+def test_a_raw_reading_of_decoded_heads_names_the_decoded_layout(layouts_repo, capsys, tmp_path, photos):
+    """The flags of hhk7734's 3.x layout on 2.x's decoded values (served, they gave 0 of 13 boxes right): refused,
+    naming --layout decoded-heads, which the fixture builds as hhk2declared and the served test holds to OpenCV."""
+    err = _refused(capsys, ["--keras", str(layouts_repo[0] / "hhk2.keras"), "--anchors", "yolov4-tiny",
+                            "--activated", "xy,obj,cls", "--scale-x-y-applied",
+                            "--parity-images", *map(str, photos[:2])], tmp_path)
+    assert "--layout decoded-heads" in err and "cell offset is already added" in err, err
+    assert "pass --activated" not in err, err
 
 
 def test_accept_layout_lets_a_doubtful_layout_through_with_a_warning(layouts_repo, capsys, tmp_path, photos):

@@ -68,7 +68,78 @@ def test_a_model_that_filters_its_candidates_is_not_most_candidates_pass():
     det = np.zeros((2, 12, 5), np.float32)
     det[:, :, :4] = [0.2, 0.2, 0.4, 0.4]
     det[:, :, 4] = 0.9  # every returned box passed the model's own threshold
-    assert "filters its own candidates" in check_layout(spec, {"detections": det}, 0.05)[0]
+    lines = check_layout(spec, {"detections": det}, 0.05)
+    assert "filters its own candidates" in lines[-1] and lines[-1].endswith("plausible"), lines
+    # an unrecognised model's yxyx cannot be told from xyxy by its values: the build says so, it does not pass silently
+    assert "box order yxyx as given, not verified" in lines[0] and "python -m client detect" in lines[0], lines
+
+
+# ------------------------------------------------------------------ decoded values in head-shaped outputs
+
+def _heads(decoded: bool, grid: int = 13, anchors: int = 3, classes: int = 80, seed: int = 0) -> np.ndarray:
+    """[2, grid, grid, anchors*(5+classes)]: decoded as hhk7734's yolov4 2.x writes them ((sigmoid + cell) / grid,
+    anchor * exp / width, sigmoids), or the same logits with only xy/obj/cls through a sigmoid (raw, activated)."""
+    t = np.random.default_rng(seed).normal(0, 1.5, (2, grid, grid, anchors, 5 + classes)).astype(np.float32)
+    sig = 1 / (1 + np.exp(-t))
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    xy = (sig[..., 0:2] - 0.5) * 1.05 + 0.5
+    if decoded:
+        xy = (xy + np.stack([cols, rows], -1)[None, :, :, None, :]) / grid
+    wh = np.exp(t[..., 2:4]) * (0.1 if decoded else 1.0)
+    out = np.concatenate([xy, t[..., 2:4] if not decoded else wh, sig[..., 4:]], -1)
+    return out.reshape(2, grid, grid, anchors * (5 + classes))
+
+
+def test_decoded_heads_are_told_from_raw_ones_by_their_values():
+    from yolotriton.build.layout_gate import decoded_heads_evidence
+
+    told = decoded_heads_evidence([_heads(True, 13), _heads(True, 26, seed=1)], [3, 3])
+    assert told and "decoded heads" in told and "correlation" in told, told
+    assert decoded_heads_evidence([_heads(False, 13), _heads(False, 26, seed=1)], [3, 3]) is None
+    logits = np.random.default_rng(2).normal(0, 3, (2, 13, 13, 255)).astype(np.float32)
+    assert decoded_heads_evidence([logits], [3]) is None
+
+
+def test_a_raw_reading_of_decoded_heads_is_refused_naming_the_reading_the_values_support():
+    head = lambda i, g: YoloHead(name=f"head_{i}", anchors=((10, 14), (23, 27), (37, 58)), stride=416 // g,
+                                 grid=(g, g), activated=("xy", "obj", "cls"), scale_x_y_applied=True)
+    spec = DetectorSpec(input_height=416, input_width=416, num_classes=80, heads=(head(0, 26), head(1, 13)))
+    outputs = {"head_0": _heads(True, 26, seed=1), "head_1": _heads(True, 13)}
+    with pytest.raises(SpecError) as e:  # the flags hhk7734's 3.x needs, on 2.x's values: wrong boxes if served
+        check_layout(spec, outputs, 0.25)
+    msg = str(e.value)
+    assert "--layout decoded-heads" in msg and "cell offset is already added" in msg and "pass --activated" not in msg
+    lines = check_layout(spec, outputs, 0.25, declared=True)  # a darknet cfg is never refused, nor told decoded
+    assert not any("decoded-heads" in ln for ln in lines), lines
+
+
+class _Probe:
+    told = ""
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def __call__(self, h, w):
+        return self.outputs
+
+
+def test_decoded_heads_are_inferred_from_the_values_unless_raw_flags_are_given():
+    from yolotriton.build.importer import infer_spec
+
+    outs = [_heads(True, 13), _heads(True, 26, seed=1)]
+    shapes = [(None, 13, 13, 255), (None, 26, 26, 255)]
+    names = tuple(f"c{i}" for i in range(80))
+    for layout in ({}, {"anchors": "yolov4-tiny"}):
+        probe = _Probe(outs)
+        spec, order = infer_spec("m", (None, 416, 416, 3), shapes, names, layout, probe=probe)
+        assert spec.decoded == DecodedLayout(box_format="cxcywh", normalized=True, has_objectness=True,
+                                             outputs=("detections",)) and order == [1, 0], spec
+        assert spec.num_classes == 80 and "decoded heads" in probe.told, probe.told
+    spec, _ = infer_spec("m", (None, 416, 416, 3), shapes, names, {"layout": "decoded-heads"})  # declared
+    assert spec.decoded is not None and spec.decoded.box_format == "cxcywh"
+    raw = {"anchors": "yolov4-tiny", "activated": "xy,obj,cls", "scale_x_y_applied": True}
+    spec, _ = infer_spec("m", (None, 416, 416, 3), shapes, names, raw, probe=_Probe(outs))
+    assert spec.heads and spec.decoded is None  # the flags say raw: the gate then refuses on the values
 
 
 # ------------------------------------------------------------------ napari_apple's trained model
@@ -181,3 +252,17 @@ def test_an_unrecognised_nms_model_is_told_its_box_order_cannot_be_checked():
     lines = check_layout(spec, outputs, 0.25)
     assert "cannot tell xyxy from yxyx" in lines[0] and "python -m client detect" in lines[0], lines
     assert not any("xyxy" in ln for ln in check_layout(spec, outputs, 0.25, recognised=True))
+
+
+def test_an_open_input_size_given_fixes_the_grids_from_the_model_run_at_it():
+    """david8862's converter writes an .h5 with an open input size, so its heads' grids are open too: with
+    --input-size the model is run at that size and the grids read from what it gives (the hint no longer loops)."""
+    from yolotriton.build.importer import infer_spec
+
+    logits = [np.random.default_rng(i).normal(0, 3, (2, g, g, 255)).astype(np.float32) for i, g in ((0, 13), (1, 26))]
+    open_shapes = [(None, None, None, 255), (None, None, None, 255)]
+    spec, order = infer_spec("m", (None, None, None, 3), open_shapes, (), {"input_size": 416, "anchors": "yolov4-tiny"},
+                             probe=_Probe(logits))
+    assert [h.grid for h in spec.heads] == [(26, 26), (13, 13)] and order == [1, 0], spec
+    with pytest.raises(SpecError, match="pass --input-size"):  # without it the size is still asked for, once
+        infer_spec("m", (None, None, None, 3), open_shapes, (), {"anchors": "yolov4-tiny"}, probe=_Probe(logits))

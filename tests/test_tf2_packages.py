@@ -53,8 +53,9 @@ def made(tmp_path_factory, shared, default_model):
     photos = [shared / f"{n}.jpg" for n in ("dog", "person", "horses", "eagle", "giraffe", "scream")]
     x416 = np.stack([images.preprocess_bytes(p.read_bytes(), 416, 416, "stretch")[0] for p in photos])
     lb = [images.preprocess_bytes(p.read_bytes(), 608, 608, "letterbox", fill=0.0) for p in photos]
+    lb1 = np.stack([images.preprocess_bytes(p.read_bytes(), 416, 416, "letterbox", fill=1.0)[0] for p in photos])
     np.savez(tmp / "inputs.npz", x416=x416, x608lb=np.stack([x for x, _ in lb]),
-             sizes=np.array([[m[0], m[1]] for _, m in lb]))
+             sizes=np.array([[m[0], m[1]] for _, m in lb]), x416lb1=lb1)
     python = str(env / "venv" / "bin" / "python")
     helper = [python, str(ROOT / "tests" / "tf2_packages.py")]
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -65,9 +66,13 @@ def made(tmp_path_factory, shared, default_model):
                     "--tiny-weights", str(default_model.weights), "--names", str(default_model.names),
                     "--inputs", str(tmp / "inputs.npz")], check=True,
                    env={**clean, "PYTHONPATH": str(env / "hhk7734")})
+    subprocess.run([*helper, str(tmp / "hhk2"), "--which", "hhk2", "--tiny-weights", str(default_model.weights),
+                    "--names", str(default_model.names), "--inputs", str(tmp / "inputs.npz")], check=True,
+                   env={**clean, "PYTHONPATH": str(env / "hhk7734-2")})
     ref = dict(np.load(out / "reference.npz", allow_pickle=True))
-    ref.update(np.load(tmp / "hhk" / "reference.npz", allow_pickle=True))
-    shutil.move(str(tmp / "hhk" / "hhk7734"), str(out / "hhk7734"))
+    for name, folder in (("hhk", "hhk7734"), ("hhk2", "hhk7734_v2")):
+        ref.update(np.load(tmp / name / "reference.npz", allow_pickle=True))
+        shutil.move(str(tmp / name / folder), str(out / folder))
     return out, ref, photos
 
 
@@ -81,6 +86,10 @@ COMMANDS = {
     "hhk7734": ["--anchors", "yolov4-tiny", "--activated", "xy,obj,cls", "--scale-x-y-applied", "--names", "{names}",
                 # its own NMS: darknet's diounms at 0.6 (beta_nms 0.6, the cfg's), each box with its best class
                 "--nms-kind", "diou", "--iou-threshold", "0.6", "--best-class-only"],
+    # no layout flags: its head-shaped outputs are read as decoded from their values. Its predict(): white
+    # letterbox, each box's best class before NMS, DIoU-NMS (beta 1) at 0.3
+    "hhk7734_v2": ["--names", "{names}", "--resize", "letterbox", "--letterbox-fill", "1", "--nms-kind", "diou",
+                   "--beta-nms", "1", "--iou-threshold", "0.3", "--best-class-first"],
 }
 
 
@@ -217,3 +226,35 @@ def test_hhk7734_with_trained_weights_is_served_as_the_package_detects(served):
         assert_same_detections(got, (boxes, own[:, 5], own[:, 4].astype(np.int64)), context=f"hhk7734 {photo.name}")
         total += len(own)
     assert total >= 15, f"the package found only {total} boxes: the comparison proves little"
+
+
+def test_hhk7734_v2_decoded_heads_are_inferred_and_served_as_its_predict(served):
+    """hhk7734's yolov4 2.1.0 (head-shaped outputs holding decoded values): built with no layout flags, told decoded
+    by its values, and served as its own predict() finds on the same pixels. Its predict() also drops every box
+    not wholly inside the 416x416 input and those under 4 px; no flag of ours does that, so served boxes it would
+    drop are left out of the comparison (and counted, so the test says what it did not compare)."""
+    server, ref, photos, logs = served
+    assert "values say: x rises with the column index" in logs["hhk7734_v2"], logs["hhk7734_v2"]
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    total = 0
+    for i, photo in enumerate(photos):
+        pred = np.asarray(ref["hhk2_pred"][i], np.float32).reshape(-1, 6)  # x, y, w, h (input-normalized), class, p
+        _, meta = images.preprocess_bytes(photo.read_bytes(), 416, 416, "letterbox", fill=1.0)
+        oh, ow, sy, sx, pt, pl = (float(v) for v in meta)
+        to_photo = lambda b: (b - np.array([pl, pt, pl, pt], np.float32)) / np.array([sx, sy, sx, sy], np.float32)
+        x, y, w, h = (pred[:, k] * 416 for k in range(4))
+        ref_net = np.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], 1)
+        got_b, got_s, got_c = detections(infer_bytes(client, grpcclient, [photo.read_bytes()], model="hhk7734_v2"))
+        net = got_b * np.array([sx, sy, sx, sy], np.float32) + np.array([pl, pt, pl, pt], np.float32)
+        # what its predict() keeps: wholly inside the input and over 4 px. Served boxes are clipped to the photo, so a
+        # box that crossed the input's edge shows as one touching it: boxes within 1 px of an edge are left out on
+        # both sides
+        clear = lambda b: (b[:, 0] > 1) & (b[:, 1] > 1) & (b[:, 2] < 415) & (b[:, 3] < 415) & \
+            (b[:, 2] - b[:, 0] > 4) & (b[:, 3] - b[:, 1] > 4)
+        mine, its = clear(net), clear(ref_net)
+        boxes = to_photo(ref_net[its])
+        assert_same_detections((got_b[mine], got_s[mine], got_c[mine]),
+                               (boxes, pred[its, 5], pred[its, 4].astype(np.int64)),
+                               context=f"hhk7734 2.1.0 {photo.name}")
+        total += int(its.sum())
+    assert total >= 10, f"its predict() found only {total} boxes: the comparison proves little"

@@ -1,5 +1,5 @@
 """Runs inside the TF2 packages' own environment (scripts/tf2_packages_env.sh: tensorflow 2.15.1,
-tensorflow-addons 0.23.0, tf2-yolov4 0.1.0 (sicara), tf-yolov4 1.0.4 (Licht-T), hhk7734's yolov4 3.2.0).
+tensorflow-addons 0.23.0, tf2-yolov4 0.1.0 (sicara), tf-yolov4 1.0.4 (Licht-T), hhk7734's yolov4 3.2.0 and 2.1.0).
 
 Makes each package's models with the package's own code and loaders, saves them as the package's users
 would, and records the package's own inference on the pixels it is given, for tests/test_tf2_packages.py:
@@ -188,6 +188,24 @@ def hhk7734(out: Path, cfg: Path, weights: Path, names: Path, x416: np.ndarray, 
                              for i in range(len(x416))]
 
 
+def hhk7734_v2(out: Path, weights: Path, names: Path, x416lb: np.ndarray, ref: dict):
+    """hhk7734's yolov4 2.1.0 (installed apart, like 3.2.0): its YOLOv4(tiny=True) with the pretrained yolov4-tiny
+    through its own darknet-weights loader, saved as its README saves (model.save(DIR): a SavedModel), and its own
+    predict() on our letterboxed pixels (white padding, as its resize_image pads): _predict, then
+    candidates_to_pred_bboxes (best class per box above 0.25, boxes wholly inside the input and over 4 px, its
+    DIoU-NMS at its default 0.3). Its heads are head-shaped with decoded values (bxby, bwbh normalized)."""
+    from yolov4.tf import YOLOv4
+
+    yolo = YOLOv4(tiny=True)
+    yolo.classes = str(names)
+    yolo.input_size = 416
+    yolo.make_model()
+    yolo.load_weights(str(weights), weights_type="yolo")
+    yolo.model.save(str(out / "hhk7734_v2"))
+    ref["hhk2_pred"] = [yolo.candidates_to_pred_bboxes(yolo._predict(x416lb[i:i + 1]).numpy()[0])
+                        for i in range(len(x416lb))]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -214,6 +232,8 @@ def main():
         licht_t(args.out, args.weights608, inputs["x608lb"], inputs["sizes"], ref)
     if "hhk" in which:
         hhk7734(args.out, args.tiny_cfg, args.tiny_weights, args.names, inputs["x416"], ref)
+    if "hhk2" in which:
+        hhk7734_v2(args.out, args.tiny_weights, args.names, inputs["x416lb1"], ref)
     np.savez(args.out / "reference.npz", **{k: np.asarray(v, dtype=object) if isinstance(v, list) else v
                                             for k, v in ref.items()})
     print("made:", ", ".join(sorted(p.name for p in args.out.iterdir())), flush=True)

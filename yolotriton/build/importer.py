@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .detector import ImportedDetector
+from .layout_gate import decoded_heads_evidence
 from .spec import ANCHOR_PRESETS, NMS_OUTPUTS, TWO_OUTPUTS, DecodedLayout, DetectorSpec, SpecError, YoloHead, read_names
 
 
@@ -58,6 +59,8 @@ def import_model(opts: ImportOptions) -> ImportedDetector:
 
 # --------------------------------------------------------------------------- Keras / SavedModel
 
+LAYOUTS = ("raw", "decoded-heads", "decoded", "nms")
+RAW_ONLY = ("activated", "scale_x_y_applied", "new_coords")  # flags that only a raw-head reading has
 LAYOUT_KEYS = ("layout", "anchors", "masks", "scale_x_y", "new_coords", "activated", "scale_x_y_applied",
                "box_format", "normalized_boxes", "has_objectness", "box_column", "objectness_column",
                "class_column", "num_classes", "input_size", "accept_layout")
@@ -254,6 +257,13 @@ def _adapter(spec: DetectorSpec, out_shapes, order):
             return [tf.reshape(o, [-1, h.grid[0], h.grid[1], len(h.anchors) * (5 + spec.num_classes)])
                     for o, h in zip(outs, spec.heads)]
         return flatten
+    if spec.decoded is not None and spec.decoded.outputs == ("detections",) and len(order) > 1:
+        def join(outs):  # decoded heads -> one detections tensor [N, sum(S*S*A), 5 + C]
+            import tensorflow as tf
+
+            k = 5 + spec.num_classes
+            return [tf.concat([tf.reshape(o, [tf.shape(o)[0], -1, k]) for o in outs], axis=1)]
+        return join
     if spec.decoded is not None and spec.decoded.nms_applied:
         def nms(outs):
             import tensorflow as tf
@@ -290,12 +300,66 @@ def infer_spec(label: str, in_shape, out_shapes, class_names, layout: dict,
                                     else "nms" if ranks == [1, 2, 2, 3] else None)
     if kind is None:
         raise SpecError(f"{label}: cannot tell the output layout from shapes {out_shapes}: pass --layout "
-                        "raw|decoded|nms (nms: boxes, scores, classes, count from the model's own NMS)")
+                        f"{'|'.join(LAYOUTS)} (nms: boxes, scores, classes, count from the model's own NMS)")
+    if kind not in LAYOUTS:
+        raise SpecError(f"{label}: layout {kind!r}: expected one of {', '.join(LAYOUTS)}")
+    head_shaped = set(ranks) in ({4}, {5})
+    if head_shaped and probe is not None and any(d is None for s in out_shapes for d in s[1:]):
+        # an open input size leaves the grids open too: the model run at the given size shows them
+        out_shapes = [(None, *o.shape[1:]) for o in probe(h, w)]
+    if kind == "raw" and head_shaped and not layout.get("layout") and probe is not None \
+            and not any(layout.get(k) for k in RAW_ONLY):
+        evidence = decoded_heads_evidence(probe(h, w), [_anchors_per_head(s, class_names, layout, len(out_shapes))
+                                                        for s in out_shapes])
+        if evidence:
+            kind = "decoded-heads"
+            probe.told = ("values say: " + evidence + (" (--anchors not needed)" if layout.get("anchors") else ""))
+    if kind == "decoded-heads":
+        return _decoded_heads_spec(label, h, w, out_shapes, class_names, layout)
     if kind == "raw":
         return _raw_spec(label, h, w, out_shapes, class_names, layout)
     if kind == "nms":
         return _nms_spec(label, h, w, out_shapes, class_names, layout, out_names or [""] * len(out_shapes), probe)
     return _decoded_spec(label, h, w, out_shapes, class_names, layout)
+
+
+def _anchors_per_head(shape, class_names, layout, heads: int) -> int:
+    """Anchors in one head-shaped output: its rank-5 axis; else the masks'; else what the names file's class count
+    implies; else YOLO's 3."""
+    if len(shape) == 5:
+        return int(shape[3])
+    if layout.get("masks"):
+        masks = layout["masks"]
+        return len(masks.split(";")[0].split(",")) if isinstance(masks, str) else len(masks[0])
+    ch = shape[-1]
+    if class_names and ch and ch % (5 + len(class_names)) == 0:
+        return ch // (5 + len(class_names))
+    return 3
+
+
+def _decoded_heads_spec(label, h, w, out_shapes, class_names, layout):
+    """Head-shaped outputs whose values are already decoded (hhk7734's yolov4 2.x): per cell and anchor cx, cy, w, h
+    normalised to the input, objectness and class scores after their sigmoid. Served as one `detections` tensor
+    [N, boxes, 5 + C] (the adapter reshapes and joins the heads): cxcywh, normalised, with objectness."""
+    classes = set()
+    for s in out_shapes:
+        if any(d is None for d in s[1:]):
+            raise SpecError(f"{label}: head-shaped output {s} has open dims: pass --input-size, or re-save the model "
+                            "with a fixed input size")
+        a = _anchors_per_head(s, class_names, layout, len(out_shapes))
+        k = s[4] if len(s) == 5 else s[3] // a
+        if (len(s) == 4 and s[3] % a) or k < 6:
+            raise SpecError(f"{label}: a decoded head of {s[-1]} channels does not hold {a} anchors x (5 + classes)")
+        classes.add(k - 5)
+    if len(classes) != 1:
+        raise SpecError(f"{label}: decoded heads disagree on the class count ({sorted(classes)})")
+    num_classes = classes.pop()
+    if class_names and len(class_names) != num_classes:
+        raise SpecError(f"{label}: names file has {len(class_names)} names, the decoded heads have {num_classes} classes")
+    dec = DecodedLayout(box_format="cxcywh", normalized=True, has_objectness=True, outputs=("detections",))
+    order = sorted(range(len(out_shapes)), key=lambda i: -(out_shapes[i][1] or 0))
+    return DetectorSpec(input_height=h, input_width=w, num_classes=num_classes, decoded=dec,
+                        class_names=tuple(class_names)), order
 
 
 def _raw_spec(label, h, w, out_shapes, class_names, layout):
@@ -354,8 +418,12 @@ def _groups(value) -> tuple[str, ...]:
 
 def _need_box_format(label, layout):
     if layout.get("box_format") is None:
-        raise SpecError(f"{label}: decoded outputs need the box format, which a model does not record: "
-                        "pass --box-format xyxy|yxyx|cxcywh (and --normalized-boxes if they are in [0,1])")
+        raise SpecError(f"{label}: decoded outputs need the box format, which a model does not record and its values "
+                        "cannot tell (xyxy and yxyx both give plausible boxes): pass --box-format xyxy|yxyx|cxcywh (and "
+                        "--normalized-boxes if they are in [0,1]) as the package that made it writes them "
+                        "(docs/inputs.md: hunglc007/tensorflow-yolov4-tflite yxyx normalized, sicara tf2-yolov4 xyxy "
+                        "normalized), or check one photo with `python -m client detect PHOTO --out annotated/` after "
+                        "building")
 
 
 def _nms_spec(label, h, w, out_shapes, class_names, layout, names, probe=None):

@@ -27,6 +27,43 @@ from ..runtime.detections import Decoder
 from .spec import ACTIVATED_GROUPS, DetectorSpec, SpecError
 
 MOST = 0.5  # "most candidates" / "most boxes"
+TREND = 0.95  # correlation of x with the column index (y with the row) that says the cell offset is already added
+INSIDE = 0.75  # ... with each cell's mean x, y at most this far (in cells) from its centre once scaled by the grid
+
+
+def grid_trend(head: np.ndarray, anchors: int) -> tuple[float, float, float] | None:
+    """A head-shaped output [N, gh, gw, A*K] or [N, gh, gw, A, K] on the parity photos: (correlation of channel 0
+    with the column index, of channel 1 with the row index, worst distance in cells of their per-cell means from
+    the cell's centre once multiplied by the grid). None for grids under 4 cells a side (too few to tell).
+
+    Raw xy (logits, or a sigmoid: an offset inside the cell) shows no trend across the grid. Decoded xy
+    ((sigmoid + cell) / grid, as hhk7734's yolov4 2.x writes it) rises with the column and the row, each value
+    inside its own cell."""
+    t = np.asarray(head, np.float64).reshape(*head.shape[:3], anchors, -1)
+    gh, gw = t.shape[1:3]
+    if gh < 4 or gw < 4 or t.shape[-1] < 2:
+        return None
+    x, y = t[..., 0].mean(axis=(0, 3)), t[..., 1].mean(axis=(0, 3))
+    rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    corr = lambda a, b: float(np.nan_to_num(np.corrcoef(a.ravel(), b.ravel())[0, 1]))
+    off = max(float(np.abs(x * gw - (cols + 0.5)).max()), float(np.abs(y * gh - (rows + 0.5)).max()))
+    return corr(x, cols), corr(y, rows), off
+
+
+def decoded_heads_evidence(heads: list[np.ndarray], anchors: list[int]) -> str | None:
+    """What shows that head-shaped outputs hold decoded values (centres and sizes normalised to the input, the
+    cell offset added), or None where any head does not show it."""
+    seen = []
+    for head, a in zip(heads, anchors):
+        trend = grid_trend(head, a)
+        t = np.asarray(head).reshape(*head.shape[:3], a, -1)
+        if trend is None or min(trend[:2]) < TREND or trend[2] > INSIDE or not float(t[..., 2:4].min()) > 0:
+            return None
+        seen.append(trend)
+    cx, cy, off = min(s[0] for s in seen), min(s[1] for s in seen), max(s[2] for s in seen)
+    return (f"x rises with the column index and y with the row index (correlation {cx:.3f}, {cy:.3f}), each within "
+            f"{off:.2f} cell of its cell's centre once multiplied by the grid, and w, h are positive: the cell offset "
+            "is already added and the values are normalised to the input (decoded heads)")
 
 
 def _sigmoid_like(values: np.ndarray, margin: float = 1e-6) -> bool:
@@ -38,6 +75,11 @@ def _sigmoid_like(values: np.ndarray, margin: float = 1e-6) -> bool:
 def _raw_problems(spec: DetectorSpec, outputs: dict, declared: bool = False) -> list[str]:
     problems = []
     groups = {"xy": slice(0, 2), "obj": slice(4, 5), "cls": slice(5, None)}
+    if not declared:
+        decoded = decoded_heads_evidence([outputs[h.name] for h in spec.heads], [len(h.anchors) for h in spec.heads])
+        if decoded:  # no reading of raw heads fits: say so, and name the one the values support
+            return [f"the heads are read as raw, but {decoded}: build with --layout decoded-heads (layout file: "
+                    "\"layout\": \"decoded-heads\"), or leave out the raw-head flags and it is inferred"]
     for head in spec.heads:
         t = outputs[head.name].reshape(*outputs[head.name].shape[:3], len(head.anchors), 5 + spec.num_classes)
         done = {"xy", "obj", "cls"} if head.new_coords else set(head.activated)
@@ -100,6 +142,11 @@ NMS_BOX_ORDER = ("warning: the boxes come from the model's own NMS, whose output
                  "and look at the drawn boxes; if they are transposed, rebuild with the other --box-format")
 
 
+BOX_ORDER = ("warning: box order {} as given, not verified: these values cannot tell xyxy from yxyx (both give "
+             "plausible boxes); the package that made the model decides it (docs/inputs.md lists the known ones), or "
+             "check one photo with `python -m client detect PHOTO --out annotated/` and look at the drawn boxes")
+
+
 def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_threshold: float,
                  declared: bool = False, accept: bool = False, recognised: bool = False) -> list[str]:
     """Lines describing what was checked (warnings first); raises SpecError naming the likely fix when the
@@ -144,7 +191,9 @@ def check_layout(spec: DetectorSpec, outputs: dict[str, np.ndarray], score_thres
     width = float(np.median(boxes[:, 2] - boxes[:, 0])) if len(boxes) else 0.0
     measured = (f"  {per_image:.1f} candidates per photo above {score_threshold}, {width:.0f} px median box width"
                 + (" (the model filters its own candidates)" if filtered else ""))
-    order = [NMS_BOX_ORDER] if spec.decoded is not None and spec.decoded.nms_applied and not recognised else []
+    order = []
+    if spec.decoded is not None and not recognised and spec.decoded.box_format in ("xyxy", "yxyx"):
+        order = [NMS_BOX_ORDER if spec.decoded.nms_applied else BOX_ORDER.format(spec.decoded.box_format)]
     if order and not problems:
         return ["  " + order[0], measured + ": plausible"]
     if problems and declared:

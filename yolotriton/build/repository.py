@@ -87,6 +87,7 @@ class RepositorySettings:
     nms_kind: str = "greedy"  # settings.NMS_KINDS: darknet's greedynms (default) or diounms
     beta_nms: float = 0.6  # diounms's exponent (darknet's cfg key beta_nms, default 0.6)
     best_class_only: bool = False  # after NMS, each box only with its best class (default: every class above)
+    best_class_first: bool = False  # before NMS, each box only with its best class (hhk7734's yolov4 2.x)
     resize_mode: str = "stretch"  # darknet resizes without keeping the aspect ratio
     max_pixels: int = 50_000_000
     max_bytes: int = 64 * 1024 * 1024
@@ -240,7 +241,8 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
     thresholds = {"score_threshold": str(s.score_threshold), "iou_threshold": str(s.iou_threshold),
                   "max_detections": str(k), "inputs": "candidates" if s.decode == "detector" else "heads",
                   "nms_kind": s.nms_kind, "beta_nms": str(s.beta_nms),
-                  "best_class_only": "on" if s.best_class_only else "off"}
+                  "best_class_only": "on" if s.best_class_only else "off",
+                  "best_class_first": "on" if s.best_class_first else "off"}
     fused = s.nms == "detector"  # the detector answers with the final detections
     whole = s.preprocess_in == "detector"  # ... and takes the images: it is the whole pipeline
     pre = ModelConfig(

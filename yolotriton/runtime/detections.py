@@ -31,10 +31,12 @@ class Decoder:
     """
 
     def __init__(self, spec: dict, pre_nms_top_k: int = PRE_NMS_TOP_K, from_candidates: bool = False,
-                 nms_kind: str = "greedy", beta_nms: float = 0.6, best_class_only: bool = False):
+                 nms_kind: str = "greedy", beta_nms: float = 0.6, best_class_only: bool = False,
+                 best_class_first: bool = False):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.candidates = Candidates(spec, from_candidates)
         self.nms_kind, self.beta_nms, self.best_class_only = nms_kind, float(beta_nms), bool(best_class_only)
+        self.best_class_first = bool(best_class_first)  # each box's best class only, before NMS (hhk7734 2.x)
         self.height, self.width = int(spec["input_height"]), int(spec["input_width"])
         self.nms_applied = self.candidates.nms_applied
 
@@ -63,6 +65,9 @@ class Decoder:
             if meta[b, 4] > 0 or meta[b, 5] > 0:  # letterbox: a box wholly in the padding shows no photo
                 inside = self._on_photo(bb, meta[b])
                 bb, ss, cc = bb[inside], ss[inside], cc[inside]
+            if self.best_class_first and not self.nms_applied:
+                first = nms.best_class(bb, ss, np.arange(len(ss)))
+                bb, ss, cc = bb[first], ss[first], cc[first]
             if len(ss) > self.pre_nms_top_k:  # bounded work, whatever the model says
                 top = np.argpartition(-ss, self.pre_nms_top_k)[:self.pre_nms_top_k]
                 bb, ss, cc = bb[top], ss[top], cc[top]

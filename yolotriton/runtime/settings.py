@@ -19,7 +19,8 @@ def nms_options(params: dict[str, str]) -> dict:
     if kind not in NMS_KINDS:
         raise ValueError(f"nms_kind {kind!r}: expected one of {', '.join(NMS_KINDS)}")
     return {"nms_kind": kind, "beta_nms": float(params.get("beta_nms", "0.6")),
-            "best_class_only": params.get("best_class_only", "off") == "on"}
+            "best_class_only": params.get("best_class_only", "off") == "on",
+            "best_class_first": params.get("best_class_first", "off") == "on"}
 
 
 class Settings:

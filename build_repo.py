@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="after NMS each box keeps only its best class (default: every class above the threshold)")
     out.add_argument("--best-class-first", action="store_true",
                      help="before NMS each box keeps only its best class (hhk7734's yolov4 2.x predict())")
+    out.add_argument("--inside-input-only", action="store_true",
+                     help="before NMS drop boxes not wholly inside the network input or under 4 px a side "
+                          "(hhk7734's yolov4 2.x predict())")
     out.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
     out.add_argument("--max-pixels", type=int, default=50_000_000, help="largest image accepted (decoded pixels)")
     out.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="largest encoded image accepted")
@@ -205,7 +208,8 @@ def main(argv=None) -> int:
             max_batch_size=args.max_batch_size or (GPU_MAX_BATCH if gpu_python else DEFAULT_MAX_BATCH),
             max_detections=args.max_detections, score_threshold=args.score_threshold,
             iou_threshold=args.iou_threshold, **nms_given,
-            best_class_only=args.best_class_only, best_class_first=args.best_class_first, resize_mode=args.resize, max_pixels=args.max_pixels,
+            best_class_only=args.best_class_only, best_class_first=args.best_class_first,
+            inside_input_only=args.inside_input_only, resize_mode=args.resize, max_pixels=args.max_pixels,
             max_bytes=args.max_bytes,
             ort_threads=args.ort_threads, max_queue_delay_us=args.queue_delay_us, trt_accelerator=args.trt_accelerator,
             detector_device=args.detector_device, detector_precision=precision,

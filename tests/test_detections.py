@@ -208,3 +208,19 @@ def test_best_class_first_picks_a_box_class_before_nms():
     num, _, scores, classes = run(best_class_first=True)
     assert num[0, 0] == 1 and classes[0, 0] == 0 and scores[0, 0] == np.float32(0.9)
     assert nms_options({"best_class_first": "on"})["best_class_first"] and not nms_options({})["best_class_first"]
+
+
+def test_inside_input_only_drops_edge_and_tiny_boxes_before_nms():
+    """hhk7734's yolov4 2.x predict() drops boxes not wholly inside the input and those of 4 px or less before its
+    NMS, so a lower box they would have suppressed survives: here the 0.9 box crosses the left edge."""
+    from yolotriton.runtime.detections import Decoder
+
+    spec = {"input_height": 100, "input_width": 100, "num_classes": 1,
+            "decoded": {"outputs": ["decoded_boxes", "decoded_scores"], "box_format": "xyxy", "normalized": False}}
+    out = {"decoded_boxes": np.array([[[-2, 10, 50, 60], [1, 12, 50, 62], [70, 70, 73, 90]]], np.float32),
+           "decoded_scores": np.array([[[0.9], [0.6], [0.8]]], np.float32)}
+    meta = np.array([[100, 100, 1, 1, 0, 0]], np.float32)
+    num, _, scores, _ = Decoder(spec)(out, meta, 0.25, 0.45, 10)
+    assert num[0, 0] == 2 and scores[0, :2].tolist() == [np.float32(0.9), np.float32(0.8)]
+    num, _, scores, _ = Decoder(spec, inside_input_only=True)(out, meta, 0.25, 0.45, 10)
+    assert num[0, 0] == 1 and scores[0, 0] == np.float32(0.6)  # the 3 px wide box is dropped too

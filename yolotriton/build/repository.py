@@ -88,6 +88,7 @@ class RepositorySettings:
     beta_nms: float = 0.6  # diounms's exponent (darknet's cfg key beta_nms, default 0.6)
     best_class_only: bool = False  # after NMS, each box only with its best class (default: every class above)
     best_class_first: bool = False  # before NMS, each box only with its best class (hhk7734's yolov4 2.x)
+    inside_input_only: bool = False  # before NMS, only boxes wholly inside the input and over 4 px (hhk7734 2.x)
     resize_mode: str = "stretch"  # darknet resizes without keeping the aspect ratio
     max_pixels: int = 50_000_000
     max_bytes: int = 64 * 1024 * 1024
@@ -242,7 +243,8 @@ def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[Model
                   "max_detections": str(k), "inputs": "candidates" if s.decode == "detector" else "heads",
                   "nms_kind": s.nms_kind, "beta_nms": str(s.beta_nms),
                   "best_class_only": "on" if s.best_class_only else "off",
-                  "best_class_first": "on" if s.best_class_first else "off"}
+                  "best_class_first": "on" if s.best_class_first else "off",
+                  "inside_input_only": "on" if s.inside_input_only else "off"}
     fused = s.nms == "detector"  # the detector answers with the final detections
     whole = s.preprocess_in == "detector"  # ... and takes the images: it is the whole pipeline
     pre = ModelConfig(

@@ -32,11 +32,12 @@ class Decoder:
 
     def __init__(self, spec: dict, pre_nms_top_k: int = PRE_NMS_TOP_K, from_candidates: bool = False,
                  nms_kind: str = "greedy", beta_nms: float = 0.6, best_class_only: bool = False,
-                 best_class_first: bool = False):
+                 best_class_first: bool = False, inside_input_only: bool = False):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.candidates = Candidates(spec, from_candidates)
         self.nms_kind, self.beta_nms, self.best_class_only = nms_kind, float(beta_nms), bool(best_class_only)
         self.best_class_first = bool(best_class_first)  # each box's best class only, before NMS (hhk7734 2.x)
+        self.inside_input_only = bool(inside_input_only)  # only boxes wholly inside the input, over 4 px (likewise)
         self.height, self.width = int(spec["input_height"]), int(spec["input_width"])
         self.nms_applied = self.candidates.nms_applied
 
@@ -65,6 +66,11 @@ class Decoder:
             if meta[b, 4] > 0 or meta[b, 5] > 0:  # letterbox: a box wholly in the padding shows no photo
                 inside = self._on_photo(bb, meta[b])
                 bb, ss, cc = bb[inside], ss[inside], cc[inside]
+            if self.inside_input_only and not self.nms_applied:
+                w, h = bb[:, 2] - bb[:, 0], bb[:, 3] - bb[:, 1]
+                ok = (bb[:, 0] >= 0) & (bb[:, 1] >= 0) & (bb[:, 2] <= self.width) & (bb[:, 3] <= self.height) & \
+                    (w > 4) & (h > 4)
+                bb, ss, cc = bb[ok], ss[ok], cc[ok]
             if self.best_class_first and not self.nms_applied:
                 first = nms.best_class(bb, ss, np.arange(len(ss)))
                 bb, ss, cc = bb[first], ss[first], cc[first]

@@ -20,7 +20,8 @@ def nms_options(params: dict[str, str]) -> dict:
         raise ValueError(f"nms_kind {kind!r}: expected one of {', '.join(NMS_KINDS)}")
     return {"nms_kind": kind, "beta_nms": float(params.get("beta_nms", "0.6")),
             "best_class_only": params.get("best_class_only", "off") == "on",
-            "best_class_first": params.get("best_class_first", "off") == "on"}
+            "best_class_first": params.get("best_class_first", "off") == "on",
+            "inside_input_only": params.get("inside_input_only", "off") == "on"}
 
 
 class Settings:

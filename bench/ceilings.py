@@ -36,6 +36,9 @@ def median_rate(step, sync, images_per_call: int, seconds: float, calls: int = 1
     return images_per_call * calls / statistics.median(rounds)
 
 
+_DECODERS: list = []
+
+
 def decode_ceiling(blobs: list[bytes], seconds: float = 1.5, batches=BATCHES, device_id: int = 0,
                    log=print) -> list[dict]:
     """Rows {backend, batch, images_per_s} for each backend set and batch size."""
@@ -57,13 +60,15 @@ def decode_ceiling(blobs: list[bytes], seconds: float = 1.5, batches=BATCHES, de
             nvimgcodec.Backend(kinds.GPU_ONLY)],
     }
     rows = []
-    for name, backends in sets.items():
+    for name, backends in sets.items():  # each decoder lives as long as the process (_DECODERS): on the H200
+        # (2026-12-04) a process crashed after its decode rows, when a decoder was dropped
         try:
             dec = nvimgcodec.Decoder(device_id=device_id, backends=backends,
                                      options="nvjpeg_cuda_decoder:hybrid_huffman_threshold=0")
         except Exception as e:  # noqa: BLE001 -- a backend this GPU lacks: say so, measure the others
             log(f"  decode {name}: unavailable ({str(e)[:200]})")
             continue
+        _DECODERS.append(dec)
         for b in batches:
             streams = [nvimgcodec.CodeStream(blobs[i % len(blobs)]) for i in range(b)]
             out = dec.decode(streams, params=params, cuda_stream=stream)

@@ -86,7 +86,8 @@ def conv_bound(model_path: str, batch: int, seconds: float = 0.3) -> dict:
     return {"images_per_s": batch / total, "convs": len(convs), "tflops": flops / total / 1e12}
 
 
-def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), half: bool = True) -> dict:
+def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), half: bool = True,
+               seconds: float = 1.5) -> dict:
     """The torch engine alone at `batch` (network + candidates, one CUDA graph), its input already on the GPU.
     options: inductor config flags set for this row (e.g. conv_1x1_as_mm)."""
     import torch._inductor.config as inductor
@@ -104,7 +105,7 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
         build_s = time.perf_counter() - t
         slot = engine.slot(batch)
         slot.input.uniform_()
-        rate = median_rate(slot.run, engine.torch_stream.synchronize, batch)
+        rate = median_rate(slot.run, engine.torch_stream.synchronize, batch, seconds)
         if PROFILE:
             from torch.profiler import ProfilerActivity, profile
 
@@ -119,7 +120,7 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
     return {"images_per_s": rate, "build_s": round(build_s, 1)}
 
 
-def ort_rate(model_dir: Path, batch: int, nhwc: bool) -> dict:
+def ort_rate(model_dir: Path, batch: int, nhwc: bool, seconds: float = 1.5) -> dict:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -141,7 +142,7 @@ def ort_rate(model_dir: Path, batch: int, nhwc: bool) -> dict:
     for o in sess.get_outputs():
         b.bind_output(o.name, "cuda", 0)
     step = lambda: sess.run_with_iobinding(b)
-    return {"images_per_s": median_rate(step, b.synchronize_outputs, batch)}
+    return {"images_per_s": median_rate(step, b.synchronize_outputs, batch, seconds)}
 
 
 def accuracy(model_dir: Path, photos: Path) -> dict:

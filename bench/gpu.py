@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from queue import Empty
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -194,6 +196,32 @@ def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: s
     return res
 
 
+def _decode_child(blobs, seconds, batches, queue) -> None:
+    queue.put(ceilings.decode_ceiling(blobs, seconds, batches))
+    queue.close()
+    queue.join_thread()
+    os._exit(0)  # skip nvImageCodec's teardown: on the H200 (2026-12-04) it crashed the process after the rows
+
+
+def decode_in_child(blobs, seconds: float, batches) -> list[dict]:
+    """The decode ceiling in a process of its own: in one process on the H200 (2026-12-04) nvImageCodec's decode
+    after torch had run, and ONNX Runtime's CUDA sessions made after nvImageCodec's decoder, crashed (SIGSEGV)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_decode_child, args=(blobs, seconds, batches, queue))
+    child.start()
+    try:
+        while True:
+            try:
+                return queue.get(timeout=2)
+            except Empty:
+                if not child.is_alive():
+                    print(f"  decode ceiling: not measured (its process ended with {child.exitcode})", flush=True)
+                    return []
+    finally:
+        child.join(30)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", type=Path, required=True, help="built with --detector-device gpu")
@@ -275,8 +303,10 @@ def report(args):
             str(served_model), [b for b in (8, 64) if b in ints(args.network_batches)],
             candidates=str(folder / "candidates.onnx"), seconds=args.ceiling_seconds, log=log,
             label=f" {settings.detector_precision}")}
-    # the decode last: on the H200 (2026-12-04) ONNX Runtime's CUDA sessions crashed (SIGSEGV) when made after it
-    decode_rows = ceilings.decode_ceiling(blobs, args.ceiling_seconds, ints(args.decode_batches), log=log)
+    # the decode in a process of its own: on the H200 (2026-12-04) nvImageCodec's decode after torch had run, and
+    # ONNX Runtime's CUDA sessions made after nvImageCodec's decoder, crashed the process (SIGSEGV)
+    decode_rows = decode_in_child(blobs, args.ceiling_seconds, ints(args.decode_batches)) \
+        if ints(args.decode_batches) else []
     decode_best = ceilings.best(decode_rows)
     served_engine = "torch" if settings.engine == "torch" and network.get("torch") else settings.detector_precision
     network_best = ceilings.best(network.get(served_engine, []))
@@ -326,14 +356,14 @@ def report(args):
              f"network's convolutions alone, each at cuDNN's best algorithm, FP16 NHWC, summed (torch "
              f"{engines.torch_version()}): **{bound_best['images_per_s'] if bound_best else float('nan'):.0f} img/s**"
              f" at batch {bound_best['batch'] if bound_best else '-'}.", "",
-             "| path | images/s | p50 ms | ratio to the ceiling | ratio to the conv bound |", "|---|---|---|---|---|"]
+             "| path | images/s | p50 ms | p99 ms | ratio to the ceiling | ratio to the conv bound |", "|---|---|---|---|---|---|"]
     of_bound = lambda ips: f"{ips / bound_best['images_per_s']:.2f}" if bound_best else "-"
     for r in bound:
         lines.append(f"| the network's convolutions alone (cuDNN best, FP16 NHWC), batch {r['batch']} | "
-                     f"{r['images_per_s']:.0f} | | | {of_bound(r['images_per_s'])} |")
+                     f"{r['images_per_s']:.0f} | | | | {of_bound(r['images_per_s'])} |")
     for r in decode_rows:
         star = " **(best)**" if r is decode_best else ""
-        lines.append(f"| decode alone, nvImageCodec {r['backend']}, batch {r['batch']}{star} | {r['images_per_s']:.0f} | | "
+        lines.append(f"| decode alone, nvImageCodec {r['backend']}, batch {r['batch']}{star} | {r['images_per_s']:.0f} | | | "
                      f"{r['images_per_s'] / ceiling:.2f} | |")
     for precision, rows_ in network.items():
         top = ceilings.best(rows_)
@@ -342,31 +372,32 @@ def report(args):
             what = (f"network + candidates alone, torch engine {settings.detector_precision} (inductor, CUDA graph)"
                     if precision == "torch" else f"network alone, ONNX Runtime {precision}, IO binding + CUDA graph")
             lines.append(f"| {what}, input on the GPU, batch {r['batch']}{star} "
-                         f"| {r['images_per_s']:.0f} | | {r['images_per_s'] / ceiling:.2f} | {of_bound(r['images_per_s'])} |")
+                         f"| {r['images_per_s']:.0f} | | | {r['images_per_s'] / ceiling:.2f} | {of_bound(r['images_per_s'])} |")
     for b, r in engine.items():
         lines.append(f"| network {settings.detector_precision} + candidates.onnx on ONNX Runtime, batch {b} "
-                     f"| {r['images_per_s']:.0f} | | {r['images_per_s'] / ceiling:.2f} | {of_bound(r['images_per_s'])} |")
+                     f"| {r['images_per_s']:.0f} | | | {r['images_per_s'] / ceiling:.2f} | {of_bound(r['images_per_s'])} |")
     stage_rows = []
     for label, r in results.items():
         for row in r["rows"]:
             ips = float(row["Inferences/Second"])
             per = f", {row['images_per_request']} images per request" if row["images_per_request"] > 1 else ""
             lines.append(f"| served ensemble, {label}, concurrency {row['Concurrency']}{per} (GPU {row['gpu_util']:.0f}%) "
-                         f"| {ips:.1f} | {int(row['p50 latency']) / 1000:.1f} | {ips / best_inproc:.2f} | {of_bound(ips)} |")
+                         f"| {ips:.1f} | {int(row['p50 latency']) / 1000:.1f} | {int(row['p99 latency']) / 1000:.1f} | "
+                         f"{ips / best_inproc:.2f} | {of_bound(ips)} |")
             if row.get("stages"):
                 stage_rows.append((f"{label}, concurrency {row['Concurrency']}{per}", row))
         for b, (ips, p50) in r.get("detector_batches", {}).items():
-            lines.append(f"| served detector alone, {label}, batch {b}, one request at a time | {ips:.1f} | {p50:.2f} | "
+            lines.append(f"| served detector alone, {label}, batch {b}, one request at a time | {ips:.1f} | {p50:.2f} | | "
                          f"{ips / best_inproc:.2f} | {of_bound(ips)} |")
         if "direct" in r:
             conc, ips, p50 = r["direct"]
             lines.append(f"| the detector model called directly (no ensemble step), concurrency {conc} | {ips:.1f} | "
-                         f"{p50:.1f} | {ips / best_inproc:.2f} | {of_bound(ips)} |")
+                         f"{p50:.1f} | | {ips / best_inproc:.2f} | {of_bound(ips)} |")
         if "detector" in r:
             shm, ips = r["detector"]
             # perf_analyzer counts inferences as requests x batch size: already images/s
             nms = " (with its NMS, random image_meta)" if settings.nms == "detector" else ""
-            lines.append(f"| served detector alone{nms}, batch 8, {shm} shared memory | {ips:.1f} | | "
+            lines.append(f"| served detector alone{nms}, batch 8, {shm} shared memory | {ips:.1f} | | | "
                          f"{ips / best_inproc:.2f} | {of_bound(ips)} |")
     if stage_rows:
         names = [k for k in STAGES if any(k in r["stages"] for _, r in stage_rows)]
@@ -388,11 +419,11 @@ def report(args):
     (args.out / "gpu.md").write_text("\n".join(lines) + "\n")
     with (args.out / "gpu.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variant", "concurrency", "images_per_request", "images_per_s", "p50_ms", "gpu_util"])
+        w.writerow(["variant", "concurrency", "images_per_request", "images_per_s", "p50_ms", "p99_ms", "gpu_util"])
         for label, r in results.items():
             for row in r["rows"]:
                 w.writerow([label, row["Concurrency"], row["images_per_request"], row["Inferences/Second"],
-                            int(row["p50 latency"]) / 1000, row["gpu_util"]])
+                            int(row["p50 latency"]) / 1000, int(row["p99 latency"]) / 1000, row["gpu_util"]])
     log("\n".join(lines))
 
 

@@ -2,7 +2,9 @@
 # On the lent GPU machine, after scripts/gpu_wheels.sh's parts and the prebuilt repositories were carried
 # into STASH (docs/gpu-host.md, "How to run it there"): the GPU tests, the end-to-end tests against the GPU
 # repository, then bench/gpu.py.
-#   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|engines|tune|all]
+#   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|engines|engines-tiny|tune|all]
+# Environment: TINY_LEVELS / LEVELS_608 (served concurrency), TINY_BATCHES / BATCHES_608 (network batches), ALSO=engine=ort (a
+# served variant beside the default), ENGINES (bench/engines.py --engines).
 # STASH holds: wheels.tar.part.* (joined and unpacked into STASH/wheels on the first call), tiny/repo (a
 # default --detector-device gpu build), y608/repo (its model*.onnx may travel without weights: bench/onnx_weights.py
 # strip; drawn again here), darknet/ (../shared/darknet) and yolov4-tiny/ (.cache/yolov4-tiny).
@@ -27,18 +29,18 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
 fi
 if [ "$WHAT" = bench-tiny ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/tiny/repo" --photos ../shared/darknet --out "$OUT/tiny" \
-    --concurrency ${TINY_LEVELS:-128,256,384} --network-batches 32,128 --decode-batches 8,64 --also engine=ort \
-    --also-concurrency 256 2>&1 | tee "$OUT/bench-tiny.log"
+    --concurrency ${TINY_LEVELS:-64,128,256} --network-batches ${TINY_BATCHES:-32,128} --decode-batches 8,64 \
+    ${ALSO:+--also $ALSO --also-concurrency 256} 2>&1 | tee "$OUT/bench-tiny.log"
 fi
 if [ "$WHAT" = bench-608 ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/y608/repo" --photos ../shared/darknet --out "$OUT/y608" \
-    --concurrency 64,128 --network-batches 8,32 --decode-batches 8 --also engine=ort --also-concurrency 128 \
-    2>&1 | tee "$OUT/bench-608.log"
+    --concurrency ${LEVELS_608:-64,128,256} --network-batches ${BATCHES_608:-8,32} --decode-batches 8 \
+    ${ALSO:+--also $ALSO --also-concurrency 128} 2>&1 | tee "$OUT/bench-608.log"
 fi
-if [ "$WHAT" = engines ] || [ "$WHAT" = all ]; then  # the candidate engines side by side, network alone
+if [ "$WHAT" = engines ] || [ "$WHAT" = engines-tiny ] || [ "$WHAT" = all ]; then  # the candidate engines side by side, network alone
   run python bench/engines.py --model-dir "$STASH/tiny/repo/yolov4_detector/1" --photos ../shared/darknet \
-    --batches 32,128 --out "$OUT/engines-tiny.json" 2>&1 | tee "$OUT/engines-tiny.log"
-  run python bench/engines.py --model-dir "$STASH/y608/repo/yolov4_detector/1" --batches 32 \
+    --batches ${TINY_BATCHES:-32,128} ${ENGINES:+--engines $ENGINES} --out "$OUT/engines-tiny.json" 2>&1 | tee "$OUT/engines-tiny.log"
+  [ "$WHAT" = engines-tiny ] || run python bench/engines.py --model-dir "$STASH/y608/repo/yolov4_detector/1" --batches 32 \
     --out "$OUT/engines-608.json" 2>&1 | tee "$OUT/engines-608.log"
 fi
 if [ "$WHAT" = tune ]; then  # make tune's search on the GPU repository (writes the best back into STASH/tiny/repo)

@@ -100,6 +100,43 @@ def test_a_killed_converter_says_why_and_keeps_previous_repository(capsys, exist
     assert (existing_repo / "previous_model" / "config.pbtxt").read_text() == 'name: "previous_model"\n'
 
 
+def test_large_model_conversion_falls_back_to_the_ordinary_path(existing_repo, capsys, monkeypatch):
+    """tf2onnx's --large_model path (the low-memory one) failing is said, and the ordinary path converts: the build
+    succeeds and its model.onnx is one self-contained file. The failure is ours (argument plumbing: no model we
+    have fails that path); both conversions are the real tf2onnx."""
+    import onnx
+
+    real, calls = export._run_tf2onnx, []
+
+    def large_model_fails(saved, out, opset, log, large_model):
+        calls.append(large_model)
+        if large_model:
+            raise export.ExportError("tf2onnx failed:\nan optimizer raised (the test's)")
+        return real(saved, out, opset, log, large_model)
+
+    monkeypatch.setattr(export, "_run_tf2onnx", large_model_fails)
+    assert build_repo.main(["--output", str(existing_repo), "--name", "tiny"]) == 0
+    assert calls == [True, False]
+    out = capsys.readouterr().out
+    assert "tf2onnx --large_model failed (an optimizer raised (the test's)); converting again without it" in out
+    model = onnx.load(str(existing_repo / "tiny_detector" / "1" / "model.onnx"), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def test_large_model_output_is_one_file(existing_repo, capsys):
+    """The default conversion (--large_model, a zip of the model and its tensors) lands as one model.onnx, every
+    weight inside it, nothing left beside it."""
+    import onnx
+
+    assert build_repo.main(["--output", str(existing_repo), "--name", "tiny"]) == 0
+    assert "tf2onnx: peak memory" in capsys.readouterr().out
+    folder = existing_repo / "tiny_detector" / "1"
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert model.graph.initializer
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert not list(folder.glob("*.zip")) and not list(existing_repo.parent.glob("*.zip"))
+
+
 def test_successful_build_replaces_repository(existing_repo, capsys):
     assert build_repo.main(["--output", str(existing_repo), "--name", "tiny", "--resize", "letterbox"]) == 0
     names = sorted(p.name for p in existing_repo.iterdir())

@@ -29,6 +29,10 @@ class ExportError(RuntimeError):
     """Conversion failed or the ONNX model disagrees with the source model."""
 
 
+class ConverterKilled(ExportError):
+    """The converter child was ended by a signal (the OOM killer's SIGKILL above all)."""
+
+
 @dataclass
 class ParityReport:
     per_output: dict[str, tuple[float, float, float]]  # name -> (max|diff|, max|keras|, allowed)
@@ -63,12 +67,52 @@ def save_savedmodel(det: ImportedDetector, path: Path) -> None:
 def convert_savedmodel(saved: Path, onnx_path: Path, opset: int, log) -> None:
     """tf2onnx's documented command line, in a child process (its TF graph stays out of ours).
 
-    Its phase lines are passed through, and a heartbeat every 20 s shows a long conversion is alive
-    (the full YOLOv4 takes about two minutes here).
+    Its memory (docs/benchmarks.md, "Conversion memory"): `--large_model` keeps the weights out of the TF graph it
+    freezes and optimizes, and protobuf's pure-Python messages (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python, for
+    the child only) let each of its ONNX optimizer passes free the node attributes it rewrites: with the default
+    upb messages every pass left a copy of all weights in their arena (YOLOv4 608 peaked at 14.3 GB; 2.1 GB this
+    way, in a third of the time, the same ONNX to the bit). Its zip (model + external data) is joined back into one
+    file. Where the large-model path fails, the ordinary path (still pure-Python messages) is tried once, said.
     """
-    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved), "--output", str(onnx_path),
-           "--opset", str(opset), "--signature_def", "serving_default"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    zipped = onnx_path.with_name(onnx_path.name + ".zip")
+    try:
+        _run_tf2onnx(saved, zipped, opset, log, large_model=True)
+    except ConverterKilled:
+        raise
+    except ExportError as e:
+        log(f"  tf2onnx --large_model failed ({str(e).splitlines()[-1][:160]}); converting again without it, "
+            "which needs more memory")
+        _run_tf2onnx(saved, onnx_path, opset, log, large_model=False)
+        return
+    try:
+        _join_external_data(zipped, onnx_path)
+    finally:
+        zipped.unlink(missing_ok=True)
+
+
+def _join_external_data(zipped: Path, onnx_path: Path) -> None:
+    """tf2onnx's large-model zip (one .onnx and its tensors as files) as one self-contained model file."""
+    import tempfile
+    import zipfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:
+        with zipfile.ZipFile(zipped) as z:
+            z.extractall(tmp)
+        models = sorted(Path(tmp).glob("*.onnx"))
+        if len(models) != 1:
+            raise ExportError(f"tf2onnx's large-model zip holds {len(models)} .onnx files, expected 1")
+        onnx.save(onnx.load(str(models[0])), str(onnx_path))
+
+
+def _run_tf2onnx(saved: Path, out: Path, opset: int, log, large_model: bool) -> None:
+    """One tf2onnx child; its phase lines passed through, and a heartbeat every 20 s shows a long conversion is
+    alive."""
+    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved), "--output", str(out),
+           "--opset", str(opset), "--signature_def", "serving_default"] + (["--large_model"] if large_model else [])
+    env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     start, done = time.perf_counter(), threading.Event()
 
     def heartbeat():
@@ -91,7 +135,7 @@ def convert_savedmodel(saved: Path, onnx_path: Path, opset: int, log) -> None:
             proc.wait()
     peak = _child_peak_gb()
     if code < 0:  # killed by a signal: the OOM killer's SIGKILL above all; its own last lines would not say so
-        raise ExportError(converter_killed(-code, peak))
+        raise ConverterKilled(converter_killed(-code, peak))
     if code != 0:
         raise ExportError("tf2onnx failed:\n" + "\n".join(tail))
     log(f"  tf2onnx: peak memory {peak:.1f} GB (its process; this machine has {_machine_gb():.0f} GB)")
@@ -198,7 +242,7 @@ def check_parity(det: ImportedDetector, onnx_path: Path, images: np.ndarray, per
         got, ref = pad_stack(got_each), pad_stack(ref_each)
     else:
         got = dict(zip(names, sess.run(None, {INPUT_NAME: images})))
-        ref = det.predict(images)
+        ref = det.predict(images, batch_size=1)  # one image at a time: the build's memory peak (issue #33)
     report = {}
     for name, r in ref.items():
         g = got[name]

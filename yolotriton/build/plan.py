@@ -88,8 +88,9 @@ def to_fp16(onnx_path: Path, out_path: Path) -> Path:
     with warnings.catch_warnings():  # it warns once per tiny weight it rounds to fp16's smallest value
         warnings.simplefilter("ignore")
         model = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
+    del model
+    onnx.checker.check_model(str(out_path))  # by path: the checker reads the file, no second copy in memory here
     return out_path
 
 
@@ -122,9 +123,12 @@ def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_thr
     decoder = Decoder(json.loads(spec_json))
     meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(batch), 1))
     results = []
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False  # one run each: give the activations back (build memory, issue #33)
     for path in (fp32_onnx, fp16_onnx):
-        sess = ort.InferenceSession(str(path), providers=ort.get_available_providers())
+        sess = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
         outs = dict(zip(decoder.output_names, sess.run(decoder.output_names, {INPUT_NAME: batch})))
+        del sess  # one model in memory at a time
         results.append(decoder(outs, meta, score_threshold, iou_threshold, 100))
     return match_detections(*results, score_threshold, max_score_delta, min_iou)
 

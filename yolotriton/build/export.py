@@ -135,7 +135,8 @@ def _run_tf2onnx(saved: Path, out: Path, opset: int, log, large_model: bool) -> 
             proc.wait()
     peak = _child_peak_gb()
     if code < 0:  # killed by a signal: the OOM killer's SIGKILL above all; its own last lines would not say so
-        raise ConverterKilled(converter_killed(-code, peak))
+        weights = sum(f.stat().st_size for f in (saved / "variables").glob("*") if f.is_file()) / 1e9
+        raise ConverterKilled(converter_killed(-code, peak, weights))
     if code != 0:
         raise ExportError("tf2onnx failed:\n" + "\n".join(tail))
     log(f"  tf2onnx: peak memory {peak:.1f} GB (its process; this machine has {_machine_gb():.0f} GB)")
@@ -152,14 +153,17 @@ def _machine_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
 
 
-def converter_killed(signum: int, peak_gb: float) -> str:
+def converter_killed(signum: int, peak_gb: float, weights_gb: float = 0.0) -> str:
     """The one-line reason for a converter that a signal ended."""
     import signal
 
     name = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else f"signal {signum}"
+    need = (f"this model's weights are {weights_gb:.2f} GB and its conversion needs about 8 times that, "
+            if weights_gb else "")
     hint = ("SIGKILL is what the kernel's OOM killer sends when memory runs out (dmesg shows it): close other jobs, "
-            "or convert on a machine with more memory (tf2onnx peaked at 14 GB for the official YOLOv4 608, "
-            "docs/benchmarks.md)" if signum == 9 else "it was stopped from outside")
+            f"or convert on a machine with more memory ({need}tf2onnx peaks at 2.0 GB for the official YOLOv4 608 "
+            "and 2.8 GB for a 100 M-parameter Scaled-YOLOv4, docs/benchmarks.md)" if signum == 9
+            else "it was stopped from outside")
     return (f"tf2onnx was killed by {name} after reaching {peak_gb:.1f} GB resident, on a machine of "
             f"{_machine_gb():.0f} GB: {hint}")
 

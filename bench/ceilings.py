@@ -40,8 +40,8 @@ _DECODERS: list = []
 
 
 def decode_ceiling(blobs: list[bytes], seconds: float = 1.5, batches=BATCHES, device_id: int = 0,
-                   log=print) -> list[dict]:
-    """Rows {backend, batch, images_per_s} for each backend set and batch size."""
+                   log=print, on_row=lambda row: None) -> list[dict]:
+    """Rows {backend, batch, images_per_s} for each backend set and batch size (each also to on_row as measured)."""
     from cuda.bindings import runtime as cudart
     from nvidia import nvimgcodec
 
@@ -88,8 +88,8 @@ def decode_ceiling(blobs: list[bytes], seconds: float = 1.5, batches=BATCHES, de
             ips = median_rate(step, sync, b, seconds, calls=2)
             rows.append({"backend": name, "batch": b, "images_per_s": ips})
             log(f"  decode alone, {name}, batch {b}: {ips:.0f} img/s")
-    cudart.cudaStreamDestroy(stream)
-    return rows
+            on_row(rows[-1])
+    return rows  # the stream lives as long as the decoders that used it (the process)
 
 
 def network_ceiling(model: str, batches=BATCHES, candidates: str | None = None, seconds: float = 1.5,

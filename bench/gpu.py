@@ -197,27 +197,35 @@ def served(repo: Path, levels, images_json: Path, tmp: Path, out: Path, label: s
 
 
 def _decode_child(blobs, seconds, batches, queue) -> None:
-    queue.put(ceilings.decode_ceiling(blobs, seconds, batches))
+    ceilings.decode_ceiling(blobs, seconds, batches, on_row=queue.put)
+    queue.put(None)
     queue.close()
     queue.join_thread()
-    os._exit(0)  # skip nvImageCodec's teardown: on the H200 (2026-12-04) it crashed the process after the rows
+    os._exit(0)  # skip nvImageCodec's teardown
 
 
 def decode_in_child(blobs, seconds: float, batches) -> list[dict]:
-    """The decode ceiling in a process of its own: in one process on the H200 (2026-12-04) nvImageCodec's decode
-    after torch had run, and ONNX Runtime's CUDA sessions made after nvImageCodec's decoder, crashed (SIGSEGV)."""
+    """The decode ceiling in a process of its own, its rows sent as measured: in one process on the H200
+    (2026-12-04) nvImageCodec's decode after torch had run, and ONNX Runtime's CUDA sessions made after
+    nvImageCodec's decoder, crashed (SIGSEGV), and a decode-only process crashed (-11) after its last row."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     child = ctx.Process(target=_decode_child, args=(blobs, seconds, batches, queue))
     child.start()
+    rows = []
     try:
         while True:
             try:
-                return queue.get(timeout=2)
+                row = queue.get(timeout=2)
             except Empty:
                 if not child.is_alive():
-                    print(f"  decode ceiling: not measured (its process ended with {child.exitcode})", flush=True)
-                    return []
+                    print(f"  decode ceiling: its process ended with {child.exitcode} after {len(rows)} rows",
+                          flush=True)
+                    return rows
+                continue
+            if row is None:
+                return rows
+            rows.append(row)
     finally:
         child.join(30)
 

@@ -331,7 +331,7 @@ def _sha256(path: Path) -> str:
 def render_docker_build(repository: Path, spec, settings, options: PlanOptions = PlanOptions(),
                         tag: str = DEFAULT_NGC_TAG) -> list[Path]:
     """Write build_plan.sh, Dockerfile and docker-compose.yml into the repository root."""
-    from .repository import _env
+    from .repository import templates
 
     command = trtexec_command(f"/models/{settings.detector}/1", spec.input_height, spec.input_width,
                               settings.max_batch_size, options)
@@ -343,7 +343,7 @@ def render_docker_build(repository: Path, spec, settings, options: PlanOptions =
     for template, name, mode in (("build_plan.sh.j2", "build_plan.sh", 0o755), ("Dockerfile.j2", "Dockerfile", 0o644),
                                  ("docker-compose.yml.j2", "docker-compose.yml", 0o644)):
         path = Path(repository) / name
-        path.write_text(_env().get_template(f"tensorrt/{template}").render(**ctx))
+        path.write_text(templates().get_template(f"tensorrt/{template}").render(**ctx))
         path.chmod(mode)
         written.append(path)
     return written

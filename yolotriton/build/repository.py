@@ -208,7 +208,8 @@ def _pbtxt_string(value: str) -> str:
     return json.dumps(str(value), ensure_ascii=False)[1:-1]
 
 
-def _env() -> jinja2.Environment:
+def templates() -> jinja2.Environment:
+    """The project's jinja2 templates (templates/): every Triton config, deploy manifest and TensorRT file renders here."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
     env.filters["pbtxt"] = _pbtxt_string
@@ -216,7 +217,7 @@ def _env() -> jinja2.Environment:
 
 
 def _render_config(cfg: ModelConfig) -> str:
-    return _env().get_template("model.pbtxt.j2").render(**cfg.__dict__)
+    return templates().get_template("model.pbtxt.j2").render(**cfg.__dict__)
 
 
 def model_configs(spec: DetectorSpec, s: RepositorySettings) -> tuple[list[ModelConfig], list[dict]]:
@@ -312,7 +313,7 @@ def render_repository(root: Path, spec: DetectorSpec, s: RepositorySettings) -> 
         (root / cfg.name / "config.pbtxt").write_text(_render_config(cfg))
     for e in ensembles:
         (root / e["name"] / "1").mkdir(parents=True, exist_ok=True)  # Triton wants the (empty) version folder
-        (root / e["name"] / "config.pbtxt").write_text(_env().get_template("ensemble.pbtxt.j2").render(**e))
+        (root / e["name"] / "config.pbtxt").write_text(templates().get_template("ensemble.pbtxt.j2").render(**e))
         (root / e["name"] / "labels.txt").write_text(labels)
     pre, post, det = root / s.preprocess / "1", root / s.postprocess / "1", root / s.detector / "1"
     if s.preprocess_in == "detector":  # the detector takes the images: its folder gets the preprocess's files

@@ -56,7 +56,7 @@ def storage_uri(model_repository: str) -> str:
 
 
 def render_deploy(directory: Path, d: DeploySettings, repo) -> list[Path]:
-    from ..build.repository import _env
+    from ..build.repository import templates
 
     directory = Path(directory).resolve()
     name = repo.name.replace("_", "-").lower()
@@ -72,7 +72,7 @@ def render_deploy(directory: Path, d: DeploySettings, repo) -> list[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.staging-", dir=directory.parent))
     try:
         for template in sorted((Path(__file__).resolve().parents[2] / "templates" / "deploy").glob("*.j2")):
-            (staging / template.stem).write_text(_env().get_template(f"deploy/{template.name}").render(**ctx))
+            (staging / template.stem).write_text(templates().get_template(f"deploy/{template.name}").render(**ctx))
         validate_manifests(staging)
         staging.chmod(0o755)
         old = directory.with_name(f".{directory.name}.old") if directory.exists() else None

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from test_ort_engine import _plain, batch, detector_files  # noqa: F401 (fixtures)
-from yolotriton.build.plan import match_detections
+from yolotriton.runtime.gate import match_detections
 from yolotriton.build.repository import spec_path
 from yolotriton.runtime.detections import Decoder
 from yolotriton.runtime.engine import open_engine

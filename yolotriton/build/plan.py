@@ -23,6 +23,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..runtime.gate import GateReport, match_detections
 from .spec import INPUT_NAME
 
 DEFAULT_NGC_TAG = "24.10-py3"  # Triton 2.51 = the embedded server; its TensorRT builds the plan
@@ -94,19 +95,6 @@ def to_fp16(onnx_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-@dataclass
-class GateReport:
-    images: int
-    matched: int
-    worst_iou: float
-    worst_score_delta: float
-    problems: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
 def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_threshold: float = 0.25,
               iou_threshold: float = 0.45, max_score_delta: float = 0.05, min_iou: float = 0.9) -> GateReport:
     """Compare FP16 and FP32 detections on real images (ONNX Runtime runs both here, CPU or GPU).
@@ -131,43 +119,6 @@ def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_thr
         del sess  # one model in memory at a time
         results.append(decoder(outs, meta, score_threshold, iou_threshold, 100))
     return match_detections(*results, score_threshold, max_score_delta, min_iou)
-
-
-def match_detections(reference, other, score_threshold: float = 0.25, max_score_delta: float = 0.05,
-                     min_iou: float = 0.9) -> GateReport:
-    """The gate's rule on two decoders' results (num, boxes, scores, classes) for the same images: every detection
-    scoring at least score_threshold + max_score_delta in either has a counterpart in the other."""
-    import numpy as np
-
-    (n32, b32, s32, c32), (n16, b16, s16, c16) = reference, other
-    problems, matched, worst_iou, worst_delta = [], 0, 1.0, 0.0
-    strong = score_threshold + max_score_delta
-    for i in range(len(n32)):
-        for (na, ba, sa, ca), (nb, bb, sb, cb), label in (((n32, b32, s32, c32), (n16, b16, s16, c16), "fp32"),
-                                                        ((n16, b16, s16, c16), (n32, b32, s32, c32), "fp16")):
-            for j in range(na[i, 0]):
-                if sa[i, j] < strong:
-                    continue
-                cand = [k for k in range(nb[i, 0]) if cb[i, k] == ca[i, j]]
-                ious = [_iou(ba[i, j], bb[i, k]) for k in cand]
-                if not ious or max(ious) < min_iou:
-                    problems.append(f"image {i}: {label} class {ca[i, j]} score {sa[i, j]:.3f} has no counterpart")
-                    continue
-                k = cand[int(np.argmax(ious))]
-                delta = abs(float(sa[i, j] - sb[i, k]))
-                worst_iou, worst_delta = min(worst_iou, max(ious)), max(worst_delta, delta)
-                matched += label == "fp32"
-                if delta > max_score_delta:
-                    problems.append(f"image {i}: class {ca[i, j]} score {sa[i, j]:.3f} vs {sb[i, k]:.3f} in the other")
-    return GateReport(len(n32), matched, worst_iou, worst_delta, problems)
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 RTX_AOT_TARGETS = ("SM89",)  # TensorRT-RTX builds ahead of time for these, no GPU needed (the check build)

@@ -11,8 +11,9 @@ with the input already on the GPU (a fixed device buffer), outputs left on the d
 - torch-eager: the same modules uncompiled, in a CUDA graph;
 - ort: ONNX Runtime CUDA on model.fp16.onnx (+ candidates.onnx), IO binding + CUDA graph (bench/ceilings.py);
 - ort-nhwc: the same with prefer_nhwc and EXHAUSTIVE, no graph (ONNX Runtime refuses to capture it);
-each with its ratio to the conv bound. With --photos: the torch engine's detections against ONNX Runtime's
-FP32 model on the CPU, by the build's FP16 gate rule (plan.match_detections).
+- torch+FLAG[+FLAG]: the torch engine compiled with inductor config flags set (conv_1x1_as_mm, max_autotune, ...);
+each with its ratio to the conv bound. With --photos: each compiled torch candidate's detections against ONNX
+Runtime's FP32 model on the CPU, by the build's FP16 gate rule (runtime/gate.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,18 +88,28 @@ def conv_bound(model_path: str, batch: int, seconds: float = 0.3) -> dict:
     return {"images_per_s": batch / total, "convs": len(convs), "tflops": flops / total / 1e12}
 
 
+@contextmanager
+def inductor_options(options=()):
+    """Inductor config flags (e.g. conv_1x1_as_mm, max_autotune) set to True while a candidate compiles and runs."""
+    import torch._inductor.config as inductor
+
+    saved = {k: getattr(inductor, k) for k in options}
+    try:
+        for k in options:
+            setattr(inductor, k, True)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(inductor, k, v)
+
+
 def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), half: bool = True,
                seconds: float = 1.5) -> dict:
     """The torch engine alone at `batch` (network + candidates, one CUDA graph), its input already on the GPU.
     options: inductor config flags set for this row (e.g. conv_1x1_as_mm)."""
-    import torch._inductor.config as inductor
-
     from yolotriton.runtime.torch_engine import TorchEngine
 
-    saved = {k: getattr(inductor, k) for k in options}
-    for k in options:
-        setattr(inductor, k, True)
-    try:
+    with inductor_options(options):
         t = time.perf_counter()
         candidates = model_dir / "candidates.onnx"
         engine = TorchEngine(str(model_dir / "model.onnx"), str(candidates) if candidates.is_file() else None,
@@ -114,9 +126,6 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
                     slot.run()
                 engine.torch_stream.synchronize()
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
-    finally:
-        for k, v in saved.items():
-            setattr(inductor, k, v)
     return {"images_per_s": rate, "build_s": round(build_s, 1)}
 
 
@@ -145,12 +154,12 @@ def ort_rate(model_dir: Path, batch: int, nhwc: bool, seconds: float = 1.5) -> d
     return {"images_per_s": median_rate(step, b.synchronize_outputs, batch, seconds)}
 
 
-def accuracy(model_dir: Path, photos: Path) -> dict:
-    """The torch engine (FP16) against ONNX Runtime's FP32 model on the CPU, both decoded by the served Decoder, by
-    the build's FP16 gate rule (plan.match_detections)."""
+def accuracy(model_dir: Path, photos: Path, options=()) -> dict:
+    """The torch engine (FP16, compiled with the candidate's inductor options) against ONNX Runtime's FP32 model on
+    the CPU, both decoded by the served Decoder, by the build's FP16 gate rule (runtime/gate.py)."""
     import onnxruntime as ort
 
-    from yolotriton.build.plan import match_detections
+    from yolotriton.runtime.gate import match_detections
     from yolotriton.runtime.detections import Decoder
     from yolotriton.runtime.images import preprocess_files
     from yolotriton.runtime.torch_engine import TorchEngine
@@ -162,9 +171,10 @@ def accuracy(model_dir: Path, photos: Path) -> dict:
     cands = ort.InferenceSession(str(model_dir / "candidates.onnx"), providers=["CPUExecutionProvider"])
     heads = dict(zip([o.name for o in net.get_outputs()], net.run(None, {net.get_inputs()[0].name: batch})))
     ref = dict(zip([o.name for o in cands.get_outputs()], cands.run(None, heads)))
-    engine = TorchEngine(str(model_dir / "model.onnx"), str(model_dir / "candidates.onnx"), max_batch=len(batch),
-                         log=lambda *a: None)
-    got = dict(zip(engine.output_names, engine([batch])))
+    with inductor_options(options):
+        engine = TorchEngine(str(model_dir / "model.onnx"), str(model_dir / "candidates.onnx"), max_batch=len(batch),
+                             log=lambda *a: None)
+        got = dict(zip(engine.output_names, engine([batch])))
     report = match_detections(decoder(ref, meta, 0.25, 0.45, 100), decoder(got, meta, 0.25, 0.45, 100))
     return {"images": report.images, "matched": report.matched, "worst_iou": round(report.worst_iou, 4),
             "worst_score_delta": round(report.worst_score_delta, 4), "problems": report.problems[:5]}
@@ -183,10 +193,14 @@ def main():
     PROFILE = args.profile
     engines = args.engines.split(",")
     rows = []
-    if args.photos:
-        acc = accuracy(args.model_dir, args.photos)
-        print("accuracy", json.dumps(acc), flush=True)
-        rows.append({"accuracy": acc})
+    if args.photos:  # each compiled torch candidate by the gate rule: a faster row counts only if it passes
+        for name in [n for n in engines if n == "torch" or n.startswith("torch+")]:
+            try:
+                acc = accuracy(args.model_dir, args.photos, options=name.split("+")[1:])
+            except Exception as e:  # noqa: BLE001 -- a candidate that fails is a row that says why
+                acc = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print("accuracy", name, json.dumps(acc), flush=True)
+            rows.append({"accuracy": acc, "engine": name})
     for b in [int(x) for x in args.batches.split(",")]:
         row = {"batch": b}
         for name in engines:

@@ -5,12 +5,16 @@
 #   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|engines|engines-tiny|tune|all]
 # Environment: TINY_LEVELS / LEVELS_608 (served concurrency), TINY_BATCHES / BATCHES_608 (network batches), ALSO=engine=ort (a
 # served variant beside the default), ENGINES (bench/engines.py --engines).
-# STASH holds: wheels.tar.part.* (joined and unpacked into STASH/wheels on the first call), tiny/repo (a
+# STASH holds scripts/gpu_carry.sh's carry.tar.part.* (joined and unpacked on the first call), or by hand:
+# wheels.tar.part.* (joined and unpacked into STASH/wheels on the first call), tiny/repo (a
 # default --detector-device gpu build), y608/repo (its model*.onnx may travel without weights: bench/onnx_weights.py
 # strip; drawn again here), darknet/ (../shared/darknet) and yolov4-tiny/ (.cache/yolov4-tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STASH=$1 OUT=$2 WHAT=${3:-all}
+if ls "$STASH"/carry.tar.part.* >/dev/null 2>&1; then  # scripts/gpu_carry.sh's parts: everything below in one tarball
+  cat "$STASH"/carry.tar.part.* | tar -C "$STASH" -xf - && rm "$STASH"/carry.tar.part.*
+fi
 if ls "$STASH"/wheels.tar.part.* >/dev/null 2>&1; then
   cat "$STASH"/wheels.tar.part.* | tar -C "$STASH" -xf - && rm "$STASH"/wheels.tar.part.*
 fi

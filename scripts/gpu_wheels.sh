@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Here (with network): the cp312 wheels the lent GPU machine needs (it has Python 3.12 and no network),
 # in one tarball split into 60 MiB parts that each travel in their own device call.
-#   scripts/gpu_wheels.sh [DEST]      (default .gpu/carry: wheels.tar.part.aa, .ab, ...)
+#   scripts/gpu_wheels.sh [DEST]      (default .gpu/carry: wheels.tar.part.aa, .ab, ...; SPLIT=0: .gpu/wheels only)
 # There: cat the parts into one tarball, untar it into STASH, then scripts/gpu_host.sh STASH -- COMMAND.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,7 @@ PLAT=(--platform manylinux_2_39_x86_64 --platform manylinux_2_38_x86_64 --platfo
 # without its dependencies: they are torch's, which the GPU image has
 "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: -d "$WHEELS" onnx2torch==1.5.15
 ls "$WHEELS" | wc -l; du -sh "$WHEELS"
+[ "${SPLIT:-1}" = 1 ] || exit 0  # SPLIT=0: the wheels only (scripts/gpu_carry.sh packs them with the rest)
 rm -f "$DEST"/wheels.tar.part.*
 tar -C .gpu -cf - wheels | split -b 60M - "$DEST/wheels.tar.part."
 ls -la "$DEST"

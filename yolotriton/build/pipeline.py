@@ -137,6 +137,7 @@ def _build_local(opts: BuildOptions) -> Path:
         raise ValueError("no images for the parity gate")
     batch = images.preprocess_files(opts.parity_images, spec.input_width, spec.input_height, s.resize_mode,
                                     s.letterbox_fill)
+    gate_batch = batch.astype("float16").astype("float32")  # as gate.npz stores it (FP16 models see no other)
 
     output = Path(opts.output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -159,17 +160,20 @@ def _build_local(opts: BuildOptions) -> Path:
         for line in check_layout(spec, parity.onnx_outputs, s.score_threshold, declared=det.declared_layout,
                                  accept=det.accept_layout, recognised=bool(det.recognised)):
             log(f"[layout] {line.strip()} ({time.perf_counter() - t:.1f}s)")
+        reference = None
         if s.target == "tensorrt":
             _tensorrt_stage(opts, spec, onnx_path, batch, work, staging)
         elif s.detector_precision == "fp16":
             try:
-                _fp16_stage(opts, spec, onnx_path, batch, onnx_path.with_name("model.fp16.onnx"))
+                reference = _fp16_stage(opts, spec, onnx_path, gate_batch, onnx_path.with_name("model.fp16.onnx"))
             except PlanError as e:
                 if not opts.fp16_fallback:
                     raise
                 onnx_path.with_name("model.fp16.onnx").unlink(missing_ok=True)
                 s = dataclasses.replace(s, detector_precision="fp32")
                 log(f"[fp16] not served: {str(e).split(' -- ')[0]}; serving FP32 (--detector-precision auto)")
+        if s.target == "python" and s.detector_device == "gpu" and not spec.per_image:
+            _gate_stage(opts, spec, onnx_path, gate_batch, reference, staging / s.detector / "1")
         t = time.perf_counter()
         render_repository(staging, spec, s)
         if not (staging / "README.md").exists():
@@ -198,8 +202,9 @@ def instance_summary(s: RepositorySettings) -> str:
     return "/".join(map(str, counts))
 
 
-def _fp16_stage(opts: BuildOptions, spec, onnx_path: Path, batch, fp16_path: Path) -> Path:
-    """Convert to FP16 (FP32 I/O) and accept it only if the detections stay within tolerance."""
+def _fp16_stage(opts: BuildOptions, spec, onnx_path: Path, batch, fp16_path: Path):
+    """Convert to FP16 (FP32 I/O) and accept it only if the detections stay within tolerance; returns the FP32
+    model's detections on `batch` (the gate's reference)."""
     from .plan import fp16_gate, to_fp16
 
     t = time.perf_counter()
@@ -210,7 +215,23 @@ def _fp16_stage(opts: BuildOptions, spec, onnx_path: Path, batch, fp16_path: Pat
     if not report.ok:
         raise PlanError("FP16 changes the detections beyond tolerance (IoU >= 0.9, score within 0.05): "
                         + "; ".join(report.problems[:5]) + " -- use FP32")
-    return fp16_path
+    return report.reference
+
+
+def _gate_stage(opts: BuildOptions, spec, onnx_path: Path, batch, reference, folder: Path) -> None:
+    """gate.npz for a GPU detector: the parity photos and the FP32 ONNX's detections on them, against which the
+    engine that serves (compiled on the serving GPU, so never run here) is checked when the model loads."""
+    from ..runtime.gate import save
+    from .plan import onnx_detections
+
+    t = time.perf_counter()
+    s = opts.repo
+    if reference is None:  # FP32 served: the FP16 stage did not run (or failed), so its FP32 run is not at hand
+        reference = onnx_detections(onnx_path, spec.to_json(), batch, s.score_threshold, s.iou_threshold)
+    save(folder, batch, reference, spec.to_json(), s.score_threshold, s.iou_threshold)
+    opts.log(f"[gate] the engine is checked where it loads against the FP32 ONNX's {int(reference[0].sum())} "
+             f"detections on {len(batch)} photos (gate.npz, {(folder / 'gate.npz').stat().st_size / 1e6:.1f} MB, "
+             f"{time.perf_counter() - t:.1f}s)")
 
 
 def _tensorrt_stage(opts: BuildOptions, spec, onnx_path: Path, batch, work: Path, staging: Path) -> None:

@@ -101,8 +101,19 @@ def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_thr
 
     Every detection scoring at least `score_threshold + max_score_delta` in either model must be found
     in the other: same class, IoU >= min_iou, score within max_score_delta. Detections nearer the
-    threshold may legitimately cross it and are not required to match.
+    threshold may legitimately cross it and are not required to match. The report keeps the FP32 detections
+    (`reference`: what the served engine is checked against where it loads, runtime/gate.py).
     """
+    results = [onnx_detections(path, spec_json, batch, score_threshold, iou_threshold)
+               for path in (fp32_onnx, fp16_onnx)]
+    report = match_detections(*results, score_threshold, max_score_delta, min_iou)
+    report.reference = results[0]
+    return report
+
+
+def onnx_detections(onnx_path: Path, spec_json: str, batch, score_threshold: float, iou_threshold: float):
+    """An ONNX model's detections (num, boxes, scores, classes; network pixels, top 100) on `batch` by ONNX Runtime
+    (CPU or GPU, whichever this host has), one session held only for the run."""
     import numpy as np
     import onnxruntime as ort
 
@@ -110,15 +121,12 @@ def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_thr
 
     decoder = Decoder(json.loads(spec_json))
     meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(batch), 1))
-    results = []
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False  # one run each: give the activations back (build memory, issue #33)
-    for path in (fp32_onnx, fp16_onnx):
-        sess = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
-        outs = dict(zip(decoder.output_names, sess.run(decoder.output_names, {INPUT_NAME: batch})))
-        del sess  # one model in memory at a time
-        results.append(decoder(outs, meta, score_threshold, iou_threshold, 100))
-    return match_detections(*results, score_threshold, max_score_delta, min_iou)
+    sess = ort.InferenceSession(str(onnx_path), options, providers=ort.get_available_providers())
+    outs = dict(zip(decoder.output_names, sess.run(decoder.output_names, {INPUT_NAME: batch})))
+    del sess  # one model in memory at a time
+    return decoder(outs, meta, score_threshold, iou_threshold, 100)
 
 
 RTX_AOT_TARGETS = ("SM89",)  # TensorRT-RTX builds ahead of time for these, no GPU needed (the check build)

@@ -10,7 +10,8 @@ An engine runs model.onnx (and candidates.onnx, the on-GPU decode, where the fol
 Engines (ENGINES): "ort", ONNX Runtime on the CPU or CUDA (ort_engine.OrtEngine); "torch", the same ONNX run by
 PyTorch: inductor-compiled, FP16 NHWC, one CUDA graph per batch bucket (torch_engine.TorchEngine, GPU only).
 Where "torch" cannot load (torch or onnx2torch missing, or the model not convertible), `open_engine` says so in
-one log line and ONNX Runtime runs the model.
+one log line and ONNX Runtime runs the model. On a GPU, the engine that will serve is checked first against the
+FP32 ONNX's detections on the build's photos (gate.py): a model that fails does not load, with one line.
 """
 from __future__ import annotations
 
@@ -21,10 +22,25 @@ ENGINES = ("ort", "torch")
 
 def open_engine(kind: str, model_dir: str, model_file: str = "model.onnx", candidates_file: str | None = None, *,
                 max_batch: int, cuda: bool = False, device_id: int = 0, intra_op_threads: int = 1,
-                cuda_wait: str = "block", cuda_graphs: bool = True, per_image: bool = False,
+                cuda_wait: str = "block", cuda_graphs: bool = True, per_image: bool = False, gate: bool | None = None,
                 log: Callable[[str], None] = print):
     """The engine `kind` for the model in `model_dir`; model_file is the ONNX Runtime file (model.fp16.onnx where
-    the build's FP16 gate passed), which also sets the torch engine's precision (it converts model.onnx)."""
+    the build's FP16 gate passed), which also sets the torch engine's precision (it converts model.onnx).
+
+    gate (default: on a GPU): the engine that will serve runs the build's gate photos (gate.npz) first, and a model
+    whose detections differ from the FP32 ONNX's beyond the gate's tolerance does not load (gate.GateFailed)."""
+    engine = _open(kind, model_dir, model_file, candidates_file, max_batch=max_batch, cuda=cuda, device_id=device_id,
+                   intra_op_threads=intra_op_threads, cuda_wait=cuda_wait, cuda_graphs=cuda_graphs,
+                   per_image=per_image, log=log)
+    if (cuda if gate is None else gate):
+        from .gate import check_engine
+
+        check_engine(engine, model_dir, from_candidates=bool(candidates_file), log=log)
+    return engine
+
+
+def _open(kind, model_dir, model_file, candidates_file, *, max_batch, cuda, device_id, intra_op_threads, cuda_wait,
+          cuda_graphs, per_image, log):
     import os
 
     from .ort_engine import OrtEngine

@@ -1,9 +1,11 @@
-"""The accuracy gate's rule: two runs' detections on the same images agree (runtime/, so that a model can check
-its own engine where it loads; the build checks FP16 against FP32 with the same rule, build/plan.py).
+"""The accuracy gate: its rule (two runs' detections on the same images agree), and the check a model makes of its own
+engine where it loads, against the FP32 ONNX's detections the build stored (gate.npz). The build checks FP16 against
+FP32 with the same rule (build/plan.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,6 +17,7 @@ class GateReport:
     worst_iou: float
     worst_score_delta: float
     problems: list[str]
+    reference: tuple | None = field(default=None, repr=False)  # the first run's detections, where a caller keeps them
 
     @property
     def ok(self) -> bool:
@@ -54,3 +57,51 @@ def _iou(a, b) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+GATE_FILE = "gate.npz"  # in the detector's version folder: the build's photos and the FP32 ONNX's detections on them
+
+
+class GateFailed(RuntimeError):
+    """The engine that would serve changes the detections beyond the gate's tolerance: the model does not load."""
+
+
+def save(folder, images: np.ndarray, reference, spec_json: str, score_threshold: float, iou_threshold: float) -> None:
+    """Write the load-time gate (build side): `images` the network-size batch (stored as FP16, which the reference
+    must have been computed from), `reference` the FP32 ONNX's (num, boxes, scores, classes) on them."""
+    num, boxes, scores, classes = reference
+    np.savez_compressed(os.path.join(folder, GATE_FILE), images=images.astype(np.float16), num=num, boxes=boxes,
+                        scores=scores, classes=classes, spec=np.array(spec_json),
+                        thresholds=np.array([score_threshold, iou_threshold], np.float32))
+
+
+def check_engine(engine, folder: str, from_candidates: bool, log=print) -> GateReport | None:
+    """Run the build's gate photos through `engine` (what will serve, on the device it will serve on) and compare
+    its detections with the FP32 ONNX's by the build's rule. None where the folder has no gate (CPU builds, whose
+    engine the build itself ran); raises GateFailed, one line, where they differ."""
+    import json
+
+    from .detections import Decoder
+
+    path = os.path.join(folder, GATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as data:
+        images = data["images"].astype(np.float32)
+        reference = tuple(data[k] for k in ("num", "boxes", "scores", "classes"))
+        spec, (score, iou) = json.loads(str(data["spec"])), data["thresholds"].tolist()
+    decoder = Decoder(spec, from_candidates=from_candidates)
+    step = max(1, int(getattr(engine, "max_batch", len(images))))
+    runs = [[np.array(o) for o in engine([images[i:i + step]])]  # copies: an engine's outputs may be its buffers
+            for i in range(0, len(images), step)]
+    outputs = {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(engine.output_names)}
+    meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(images), 1))
+    report = match_detections(reference, decoder(outputs, meta, score, iou, reference[1].shape[1]), score)
+    summary = (f"{report.images} photos, {report.matched} detections matched, worst IoU {report.worst_iou:.3f}, "
+               f"worst score change {report.worst_score_delta:.3f}")
+    if not report.ok:
+        raise GateFailed(f"engine {engine.name} fails the accuracy gate against the FP32 ONNX on the build's photos "
+                         f"({'; '.join(report.problems[:3])}; {summary}): not serving. Rebuild with another --engine "
+                         "or --detector-precision fp32")
+    log(f"engine {engine.name} passes the accuracy gate against the FP32 ONNX: {summary}")
+    return report

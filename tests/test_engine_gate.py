@@ -1,0 +1,66 @@
+"""The accuracy gate where the model loads (runtime/gate.py): a GPU build stores its parity photos and the FP32 ONNX's
+detections on them (gate.npz), and the engine that will serve is checked against them before the model serves.
+
+Here the engine is ONNX Runtime on the CPU, through open_engine with the gate on (on a GPU instance it is on by
+default, for the torch engine and ONNX Runtime CUDA alike: scripts/gpu_host_run.sh tests). The failing engine is a
+real one running a model whose first convolution was changed after the build.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import build_repo
+from yolotriton.runtime.engine import open_engine
+from yolotriton.runtime.gate import GATE_FILE, GateFailed
+
+
+@pytest.fixture(scope="module")
+def gpu_folder(tmp_path_factory, default_model):
+    """The detector folder of a default GPU build of yolov4-tiny (FP16 past its gate, heads decoded in the detector)."""
+    out = tmp_path_factory.mktemp("gate") / "repo"
+    assert build_repo.main(["--detector-device", "gpu", "--host-cores", "16", "--host-gpus", "1",
+                            "--output", str(out)]) == 0
+    return out / "yolov4_detector" / "1"
+
+
+def test_a_gpu_build_stores_its_photos_and_the_fp32_detections(gpu_folder, built_repo, default_model):
+    n = len(default_model.samples)  # the build's parity photos (the default model's two)
+    with np.load(gpu_folder / GATE_FILE) as gate:
+        assert gate["images"].dtype == np.float16 and gate["images"].shape == (n, 416, 416, 3)
+        assert (gate["num"][:, 0] >= 2).all(), gate["num"]  # each photo shows objects: something to hold the engine to
+        assert gate["boxes"].shape == (n, 100, 4) and gate["thresholds"].tolist() == pytest.approx([0.25, 0.45])
+    assert not list(built_repo.glob(f"*/1/{GATE_FILE}"))  # the CPU build ran its own engine: nothing to check at load
+
+
+def test_an_engine_that_agrees_loads_and_says_so(gpu_folder):
+    lines = []
+    engine = open_engine("ort", str(gpu_folder), "model.fp16.onnx", "candidates.onnx", max_batch=1, gate=True,
+                         log=lines.append)
+    assert engine.name == "ort"
+    passed = [line for line in lines if "passes the accuracy gate" in line]
+    assert len(passed) == 1 and " 0 detections matched" not in passed[0], lines
+
+
+def test_an_engine_that_changes_the_detections_does_not_load(gpu_folder, tmp_path):
+    folder = tmp_path / "1"
+    shutil.copytree(gpu_folder, folder)
+    model = onnx.load(str(folder / "model.fp16.onnx"))
+    first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weights = next(i for i in model.graph.initializer if i.name in first_conv.input[1:])
+    changed = numpy_helper.to_array(weights) * np.asarray(1.3, numpy_helper.to_array(weights).dtype)
+    weights.CopyFrom(numpy_helper.from_array(changed, weights.name))
+    onnx.save(model, str(folder / "model.fp16.onnx"))
+    with pytest.raises(GateFailed) as failed:
+        open_engine("ort", str(folder), "model.fp16.onnx", "candidates.onnx", max_batch=8, gate=True,
+                    log=lambda line: None)
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith("engine ort fails the accuracy gate against the FP32 ONNX")
+    assert "not serving" in message and "--detector-precision fp32" in message and "image " in message
+    # off the GPU the gate is off unless asked for: the build ran this engine itself
+    assert open_engine("ort", str(folder), "model.fp16.onnx", "candidates.onnx", max_batch=8,
+                       log=lambda line: None).name == "ort"

@@ -3,7 +3,7 @@ detections on them (gate.npz), and the engine that will serve is checked against
 
 Here the engine is ONNX Runtime on the CPU, through open_engine with the gate on (on a GPU instance it is on by
 default, for the torch engine and ONNX Runtime CUDA alike: scripts/gpu_host_run.sh tests). The failing engine is a
-real one running a model whose first convolution was changed after the build.
+real one running a model whose first convolution was changed after the build; torch failing gives ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -46,15 +46,20 @@ def test_an_engine_that_agrees_loads_and_says_so(gpu_folder):
     assert len(passed) == 1 and " 0 detections matched" not in passed[0], lines
 
 
-def test_an_engine_that_changes_the_detections_does_not_load(gpu_folder, tmp_path):
-    folder = tmp_path / "1"
-    shutil.copytree(gpu_folder, folder)
-    model = onnx.load(str(folder / "model.fp16.onnx"))
+def _changed_copy(folder, dest):
+    """The detector folder with its FP16 model's first convolution scaled by 1.3 after the build."""
+    shutil.copytree(folder, dest)
+    model = onnx.load(str(dest / "model.fp16.onnx"))
     first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
     weights = next(i for i in model.graph.initializer if i.name in first_conv.input[1:])
     changed = numpy_helper.to_array(weights) * np.asarray(1.3, numpy_helper.to_array(weights).dtype)
     weights.CopyFrom(numpy_helper.from_array(changed, weights.name))
-    onnx.save(model, str(folder / "model.fp16.onnx"))
+    onnx.save(model, str(dest / "model.fp16.onnx"))
+    return dest
+
+
+def test_an_engine_that_changes_the_detections_does_not_load(gpu_folder, tmp_path):
+    folder = _changed_copy(gpu_folder, tmp_path / "1")
     with pytest.raises(GateFailed) as failed:
         open_engine("ort", str(folder), "model.fp16.onnx", "candidates.onnx", max_batch=8, gate=True,
                     log=lambda line: None)
@@ -64,3 +69,32 @@ def test_an_engine_that_changes_the_detections_does_not_load(gpu_folder, tmp_pat
     # off the GPU the gate is off unless asked for: the build ran this engine itself
     assert open_engine("ort", str(folder), "model.fp16.onnx", "candidates.onnx", max_batch=8,
                        log=lambda line: None).name == "ort"
+
+
+def test_torch_failing_the_gate_gives_onnx_runtime_checked_the_same_way(gpu_folder, tmp_path, monkeypatch):
+    """Where the torch engine fails, one line and ONNX Runtime serves if it passes. The torch engine cannot run here
+    (no GPU): FakeTorchEngine is ONNX Runtime on the changed model under torch's name; the fallback is the real one."""
+    import yolotriton.runtime.engine as engines
+
+    changed = _changed_copy(gpu_folder, tmp_path / "1")
+    real_open = engines._open
+
+    class FakeTorchEngine:
+        name = "torch"
+
+        def __init__(self, **kw):
+            self.inner = real_open("ort", str(changed), "model.fp16.onnx", "candidates.onnx", **kw)
+            self.output_names, self.max_batch = self.inner.output_names, self.inner.max_batch
+
+        def __call__(self, parts):
+            return self.inner(parts)
+
+    monkeypatch.setattr(engines, "_open", lambda kind, *a, **kw: FakeTorchEngine(**kw) if kind == "torch"
+                        else real_open(kind, *a, **kw))
+    lines = []
+    engine = open_engine("torch", str(gpu_folder), "model.fp16.onnx", "candidates.onnx", max_batch=8, gate=True,
+                         log=lines.append)
+    assert engine.name == "ort" and len(lines) == 2, lines
+    assert lines[0].startswith("engine torch fails the accuracy gate") and lines[0].endswith(
+        "ONNX Runtime runs the network instead"), lines
+    assert lines[1].startswith("engine ort passes the accuracy gate"), lines

@@ -11,7 +11,8 @@ Engines (ENGINES): "ort", ONNX Runtime on the CPU or CUDA (ort_engine.OrtEngine)
 PyTorch: inductor-compiled, FP16 NHWC, one CUDA graph per batch bucket (torch_engine.TorchEngine, GPU only).
 Where "torch" cannot load (torch or onnx2torch missing, or the model not convertible), `open_engine` says so in
 one log line and ONNX Runtime runs the model. On a GPU, the engine that will serve is checked first against the
-FP32 ONNX's detections on the build's photos (gate.py): a model that fails does not load, with one line.
+FP32 ONNX's detections on the build's photos (gate.py): torch failing gives ONNX Runtime (checked the same way),
+and a model whose serving engine fails does not load, with one line.
 """
 from __future__ import annotations
 
@@ -27,14 +28,24 @@ def open_engine(kind: str, model_dir: str, model_file: str = "model.onnx", candi
     """The engine `kind` for the model in `model_dir`; model_file is the ONNX Runtime file (model.fp16.onnx where
     the build's FP16 gate passed), which also sets the torch engine's precision (it converts model.onnx).
 
-    gate (default: on a GPU): the engine that will serve runs the build's gate photos (gate.npz) first, and a model
-    whose detections differ from the FP32 ONNX's beyond the gate's tolerance does not load (gate.GateFailed)."""
-    engine = _open(kind, model_dir, model_file, candidates_file, max_batch=max_batch, cuda=cuda, device_id=device_id,
-                   intra_op_threads=intra_op_threads, cuda_wait=cuda_wait, cuda_graphs=cuda_graphs,
-                   per_image=per_image, log=log)
-    if (cuda if gate is None else gate):
-        from .gate import check_engine
+    gate (default: on a GPU): the engine that will serve runs the build's gate photos (gate.npz) first and is held
+    to the FP32 ONNX's detections on them. Where torch fails, one log line and ONNX Runtime serves, held to the same
+    gate; where the engine that would serve fails, the model does not load (gate.GateFailed, one line)."""
+    opened = lambda k: _open(k, model_dir, model_file, candidates_file, max_batch=max_batch, cuda=cuda,
+                             device_id=device_id, intra_op_threads=intra_op_threads, cuda_wait=cuda_wait,
+                             cuda_graphs=cuda_graphs, per_image=per_image, log=log)
+    engine = opened(kind)
+    if not (cuda if gate is None else gate):
+        return engine
+    from .gate import GateFailed, check_engine
 
+    try:
+        check_engine(engine, model_dir, from_candidates=bool(candidates_file), log=log)
+    except GateFailed as e:
+        if engine.name != "torch":
+            raise
+        log(f"{str(e).split(': not serving')[0]}: ONNX Runtime runs the network instead")
+        engine = opened("ort")
         check_engine(engine, model_dir, from_candidates=bool(candidates_file), log=log)
     return engine
 

@@ -137,6 +137,27 @@ def test_large_model_output_is_one_file(existing_repo, capsys):
     assert not list(folder.glob("*.zip")) and not list(existing_repo.parent.glob("*.zip"))
 
 
+def test_large_model_tensor_names_past_the_file_name_limit(tmp_path, photos):
+    """A tensor name longer than a file name may be (255 bytes; the TF2 packages' deep Keras models have them) still
+    converts by the large-model path: its zip's entries are read, not extracted (the fresh-clone CI run of
+    2026-12-05 failed to build licht_t's model with OSError 36, File name too long)."""
+    import keras
+    import onnx
+
+    inp = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(64, 3, padding="same", name="a_layer_name_" + "x" * 240)(inp)  # > 1,024 weights: external
+    out = keras.layers.Conv2D(21, 1, name="head_" + "y" * 250)(keras.layers.MaxPooling2D(32)(x))
+    model_path = tmp_path / "long_names.keras"
+    keras.Model(inp, out).save(model_path)
+    repo = tmp_path / "repo"
+    assert build_repo.main(["--keras", str(model_path), "--anchors", "10,14,23,27,37,58", "--accept-layout",
+                            "--parity-images", *map(str, photos[:2]), "--output", str(repo)]) == 0
+    model = onnx.load(str(repo / "yolov4_detector" / "1" / "model.onnx"))
+    names = [t.name for t in model.graph.initializer]
+    assert max(map(len, names)) > 255, names  # the case this test is for
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 def test_successful_build_replaces_repository(existing_repo, capsys):
     assert build_repo.main(["--output", str(existing_repo), "--name", "tiny", "--resize", "letterbox"]) == 0
     names = sorted(p.name for p in existing_repo.iterdir())

@@ -91,19 +91,41 @@ def convert_savedmodel(saved: Path, onnx_path: Path, opset: int, log) -> None:
 
 
 def _join_external_data(zipped: Path, onnx_path: Path) -> None:
-    """tf2onnx's large-model zip (one .onnx and its tensors as files) as one self-contained model file."""
-    import tempfile
+    """tf2onnx's large-model zip (one .onnx and each external tensor as an entry named by its location) as one
+    self-contained model file. Read from the zip, not extracted: a location is a TF tensor name, which in the TF2
+    packages' deep models runs past the file system's 255-byte limit on a file name."""
     import zipfile
 
     import onnx
+    from onnx.external_data_helper import ExternalDataInfo
 
-    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:
-        with zipfile.ZipFile(zipped) as z:
-            z.extractall(tmp)
-        models = sorted(Path(tmp).glob("*.onnx"))
+    with zipfile.ZipFile(zipped) as z:
+        models = [n for n in z.namelist() if n.endswith(".onnx")]
         if len(models) != 1:
             raise ExportError(f"tf2onnx's large-model zip holds {len(models)} .onnx files, expected 1")
-        onnx.save(onnx.load(str(models[0])), str(onnx_path))
+        model = onnx.load_model_from_string(z.read(models[0]))
+        for tensor in _tensors(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = ExternalDataInfo(tensor)
+            data = z.read(info.location)
+            start = info.offset or 0
+            tensor.raw_data = data[start:start + info.length] if info.length else data[start:]
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+    onnx.save(model, str(onnx_path))
+
+
+def _tensors(graph):
+    """Every tensor a graph holds: its initializers and its nodes' tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
 
 
 def _run_tf2onnx(saved: Path, out: Path, opset: int, log, large_model: bool) -> None:

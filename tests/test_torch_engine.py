@@ -82,6 +82,22 @@ def test_torch_engine_outputs_do_not_depend_on_the_bucket_or_the_split(built_rep
         assert report.ok, (split, report)
 
 
+@torch_gpu
+def test_torch_engine_passes_the_load_gate_on_this_gpu(built_repo):
+    """What a GPU instance does at load (open_engine, cuda): the torch engine on the build's gate photos, held to the
+    FP32 ONNX's detections; it serves (no fallback to ONNX Runtime) and says it passed, in one line."""
+    from yolotriton.runtime.gate import GATE_FILE
+
+    folder = next(built_repo.glob("*_detector/1"))
+    if not (folder / GATE_FILE).is_file() or not (folder / "candidates.onnx").is_file():
+        pytest.skip("the repository under test has no load gate or decodes in the postprocess (a CPU build)")
+    lines = []
+    engine = open_engine("torch", str(folder), "model.fp16.onnx", "candidates.onnx", max_batch=8, cuda=True,
+                         log=lines.append)
+    assert engine.name == "torch", lines
+    assert [line for line in lines if line.startswith("engine torch passes the accuracy gate")], lines
+
+
 def test_engine_auto_is_torch_for_a_gpu_detector_that_decodes_raw_heads():
     import dataclasses
 

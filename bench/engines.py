@@ -166,7 +166,7 @@ def accuracy(model_dir: Path, photos: Path, options=()) -> dict:
 
     decoder = Decoder(json.loads((model_dir / "spec.json").read_text()), from_candidates=True)
     batch = preprocess_files(sorted(photos.glob("*.jpg")), decoder.width, decoder.height)
-    meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(batch), 1))
+    meta = decoder.network_meta(len(batch))
     net = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     cands = ort.InferenceSession(str(model_dir / "candidates.onnx"), providers=["CPUExecutionProvider"])
     heads = dict(zip([o.name for o in net.get_outputs()], net.run(None, {net.get_inputs()[0].name: batch})))

@@ -55,7 +55,7 @@ def test_torch_engine_detections_equal_onnx_runtime_fp32_by_the_gate_rule(built_
     if not cand.is_file():
         pytest.skip("the repository under test decodes in the postprocess (no candidates.onnx)")
     decoder = Decoder(spec, from_candidates=True)
-    meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(batch), 1))
+    meta = decoder.network_meta(len(batch))
     ref = dict(zip(decoder.output_names, _plain(str(folder / "model.onnx"), str(cand), batch)))
     engine = TorchEngine(str(folder / "model.onnx"), str(cand), max_batch=len(batch))
     got = dict(zip(engine.output_names, engine([batch])))
@@ -69,7 +69,7 @@ def test_torch_engine_outputs_do_not_depend_on_the_bucket_or_the_split(built_rep
 
     model, cand = detector_files
     decoder = Decoder(json.loads(spec_path(built_repo).read_text()), from_candidates=True)
-    meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(batch), 1))
+    meta = decoder.network_meta(len(batch))
     engine = TorchEngine(model, cand, max_batch=8)  # buckets 2, 4, 8
     whole = decoder(dict(zip(engine.output_names, [o.copy() for o in engine([batch])])), meta, 0.25, 0.45, 100)
     for split in ([1], [3], [2, 3], [1, 4, 2], [5, 3]):

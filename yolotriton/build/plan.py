@@ -114,13 +114,12 @@ def fp16_gate(fp32_onnx: Path, fp16_onnx: Path, spec_json: str, batch, score_thr
 def onnx_detections(onnx_path: Path, spec_json: str, batch, score_threshold: float, iou_threshold: float):
     """An ONNX model's detections (num, boxes, scores, classes; network pixels, top 100) on `batch` by ONNX Runtime
     (CPU or GPU, whichever this host has), one session held only for the run."""
-    import numpy as np
     import onnxruntime as ort
 
     from ..runtime.detections import Decoder
 
     decoder = Decoder(json.loads(spec_json))
-    meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(batch), 1))
+    meta = decoder.network_meta(len(batch))
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False  # one run each: give the activations back (build memory, issue #33)
     sess = ort.InferenceSession(str(onnx_path), options, providers=ort.get_available_providers())

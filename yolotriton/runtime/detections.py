@@ -45,6 +45,11 @@ class Decoder:
     def output_names(self) -> list[str]:
         return self.candidates.output_names
 
+    def network_meta(self, n: int) -> np.ndarray:
+        """META_FIELDS for n images that are the network input itself (no resize, no padding): boxes stay in the
+        network's pixels (the accuracy gates compare two runs on the same batch)."""
+        return np.tile(np.array([[self.height, self.width, 1, 1, 0, 0]], np.float32), (n, 1))
+
     def __call__(self, outputs: dict[str, np.ndarray], meta: np.ndarray, score_threshold: float,
                  iou_threshold: float, max_detections: int):
         """Return num [B,1] int32, boxes [B,K,4] float32 (x1,y1,x2,y2 original pixels), scores [B,K], classes [B,K] int32.

@@ -95,7 +95,7 @@ def check_engine(engine, folder: str, from_candidates: bool, log=print) -> GateR
     runs = [[np.array(o) for o in engine([images[i:i + step]])]  # copies: an engine's outputs may be its buffers
             for i in range(0, len(images), step)]
     outputs = {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(engine.output_names)}
-    meta = np.tile(np.array([[decoder.height, decoder.width, 1, 1, 0, 0]], np.float32), (len(images), 1))
+    meta = decoder.network_meta(len(images))
     report = match_detections(reference, decoder(outputs, meta, score, iou, reference[1].shape[1]), score)
     summary = (f"{report.images} photos, {report.matched} detections matched, worst IoU {report.worst_iou:.3f}, "
                f"worst score change {report.worst_score_delta:.3f}")

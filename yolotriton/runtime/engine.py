@@ -44,7 +44,7 @@ def open_engine(kind: str, model_dir: str, model_file: str = "model.onnx", candi
     except GateFailed as e:
         if engine.name != "torch":
             raise
-        log(f"{str(e).split(': not serving')[0]}: ONNX Runtime runs the network instead")
+        log(f"{e.finding}: ONNX Runtime runs the network instead")
         engine = opened("ort")
         check_engine(engine, model_dir, from_candidates=bool(candidates_file), log=log)
     return engine

@@ -63,7 +63,12 @@ GATE_FILE = "gate.npz"  # in the detector's version folder: the build's photos a
 
 
 class GateFailed(RuntimeError):
-    """The engine that would serve changes the detections beyond the gate's tolerance: the model does not load."""
+    """The engine that would serve changes the detections beyond the gate's tolerance: the model does not load.
+    `finding`: what differed (the message without the refusal), for a caller that falls back instead."""
+
+    def __init__(self, finding: str):
+        super().__init__(f"{finding}: not serving. Rebuild with another --engine or --detector-precision fp32")
+        self.finding = finding
 
 
 def save(folder, images: np.ndarray, reference, spec_json: str, score_threshold: float, iou_threshold: float) -> None:
@@ -101,7 +106,6 @@ def check_engine(engine, folder: str, from_candidates: bool, log=print) -> GateR
                f"worst score change {report.worst_score_delta:.3f}")
     if not report.ok:
         raise GateFailed(f"engine {engine.name} fails the accuracy gate against the FP32 ONNX on the build's photos "
-                         f"({'; '.join(report.problems[:3])}; {summary}): not serving. Rebuild with another --engine "
-                         "or --detector-precision fp32")
+                         f"({'; '.join(report.problems[:3])}; {summary})")
     log(f"engine {engine.name} passes the accuracy gate against the FP32 ONNX: {summary}")
     return report

@@ -11,7 +11,8 @@ with the input already on the GPU (a fixed device buffer), outputs left on the d
 - torch-eager: the same modules uncompiled, in a CUDA graph;
 - ort: ONNX Runtime CUDA on model.fp16.onnx (+ candidates.onnx), IO binding + CUDA graph (bench/ceilings.py);
 - ort-nhwc: the same with prefer_nhwc and EXHAUSTIVE, no graph (ONNX Runtime refuses to capture it);
-- torch+FLAG[+FLAG]: the torch engine compiled with inductor config flags set (conv_1x1_as_mm, max_autotune, ...);
+- torch+FLAG[+FLAG]: the torch engine compiled with inductor config flags set (conv_1x1_as_mm, max_autotune, ...),
+  or `static`: compiled for this batch alone (the served engine compiles one dynamic batch for all its buckets);
 each with its ratio to the conv bound. With --photos: each compiled torch candidate's detections against ONNX
 Runtime's FP32 model on the CPU, by the build's FP16 gate rule (runtime/gate.py).
 """
@@ -109,11 +110,12 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
     options: inductor config flags set for this row (e.g. conv_1x1_as_mm)."""
     from yolotriton.runtime.torch_engine import TorchEngine
 
-    with inductor_options(options):
+    with inductor_options([o for o in options if o != "static"]):
         t = time.perf_counter()
         candidates = model_dir / "candidates.onnx"
         engine = TorchEngine(str(model_dir / "model.onnx"), str(candidates) if candidates.is_file() else None,
-                             max_batch=batch, batches=[batch], compile=compiled, half=half, log=lambda *a: None)
+                             max_batch=batch, batches=[batch], compile=compiled, half=half,
+                             dynamic="static" not in options, log=lambda *a: None)
         build_s = time.perf_counter() - t
         slot = engine.slot(batch)
         slot.input.uniform_()
@@ -171,9 +173,9 @@ def accuracy(model_dir: Path, photos: Path, options=()) -> dict:
     cands = ort.InferenceSession(str(model_dir / "candidates.onnx"), providers=["CPUExecutionProvider"])
     heads = dict(zip([o.name for o in net.get_outputs()], net.run(None, {net.get_inputs()[0].name: batch})))
     ref = dict(zip([o.name for o in cands.get_outputs()], cands.run(None, heads)))
-    with inductor_options(options):
+    with inductor_options([o for o in options if o != "static"]):
         engine = TorchEngine(str(model_dir / "model.onnx"), str(model_dir / "candidates.onnx"), max_batch=len(batch),
-                             log=lambda *a: None)
+                             dynamic="static" not in options, log=lambda *a: None)
         got = dict(zip(engine.output_names, engine([batch])))
     report = match_detections(decoder(ref, meta, 0.25, 0.45, 100), decoder(got, meta, 0.25, 0.45, 100))
     return {"images": report.images, "matched": report.matched, "worst_iou": round(report.worst_iou, 4),

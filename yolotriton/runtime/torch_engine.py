@@ -280,7 +280,7 @@ class TorchEngine:
 
     def __init__(self, model_path: str, candidates_path: str | None = None, *, max_batch: int, device_id: int = 0,
                  cuda_wait: str = "block", half: bool = True, compile: bool = True, graphs: bool = True,
-                 batches=None, log=print):
+                 batches=None, dynamic: bool = True, log=print):
         self.cuda = CudaStream(device_id, cuda_wait, log)
         self.cudart, self.stream = self.cuda.cudart, self.cuda.stream  # what stage_times and the stub read
         torch.backends.cudnn.benchmark = True  # cuDNN's measured-best algorithm for each conv shape,
@@ -299,7 +299,8 @@ class TorchEngine:
         network = to_torch(model_path)
         module = _Pipeline(network.half() if half else network, to_torch(candidates_path) if candidates_path else None,
                            half).to(self.device).eval().to(memory_format=torch.channels_last)
-        self.fn = torch.compile(module, fullgraph=True) if compile else module  # dynamic: mark_dynamic in _Slot
+        self.dynamic = dynamic  # one compile for every bucket (mark_dynamic in _Slot), else one per bucket
+        self.fn = torch.compile(module, fullgraph=True, dynamic=None if dynamic else False) if compile else module
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
         self.slots = {b: _Slot(self, b, graphs) for b in batches or buckets(max_batch)}
         self.host = [self.cuda.pinned(list(o.shape), _numpy(o.dtype))
@@ -347,7 +348,8 @@ class _Slot:
         self.input = torch.zeros([b, *engine.input_shape], dtype=torch.float32, device=engine.device)
         # a dynamic batch: one compile serves the buckets up to 15, one more the rest (torch's convolution guards
         # the batch there: measured with torch 2.11, TORCH_LOGS=recompiles)
-        torch._dynamo.maybe_mark_dynamic(self.input, 0)
+        if engine.dynamic:
+            torch._dynamo.maybe_mark_dynamic(self.input, 0)
         self.graph = None
         with torch.no_grad(), torch.cuda.stream(engine.torch_stream):
             for _ in range(3):  # compile (first bucket), cuDNN's benchmark, allocator warm-up

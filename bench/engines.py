@@ -12,7 +12,8 @@ with the input already on the GPU (a fixed device buffer), outputs left on the d
 - ort: ONNX Runtime CUDA on model.fp16.onnx (+ candidates.onnx), IO binding + CUDA graph (bench/ceilings.py);
 - ort-nhwc: the same with prefer_nhwc and EXHAUSTIVE, no graph (ONNX Runtime refuses to capture it);
 - torch+FLAG[+FLAG]: the torch engine compiled with inductor config flags set (conv_1x1_as_mm, max_autotune, ...),
-  or `static`: compiled for this batch alone (the served engine compiles one dynamic batch for all its buckets);
+  or `static`: compiled for this batch alone (the served engine compiles one dynamic batch for all its buckets),
+  or `cudnn`: convolutions with their bias and leaky ReLU as cuDNN-fused graphs (runtime/cudnn_fusion.py);
 each with its ratio to the conv bound. With --photos: each compiled torch candidate's detections against ONNX
 Runtime's FP32 model on the CPU, by the build's FP16 gate rule (runtime/gate.py).
 """
@@ -89,11 +90,19 @@ def conv_bound(model_path: str, batch: int, seconds: float = 0.3) -> dict:
     return {"images_per_s": batch / total, "convs": len(convs), "tflops": flops / total / 1e12}
 
 
+ENGINE_OPTIONS = ("static", "cudnn")  # torch+NAME options that are the engine's own, not inductor config flags
+
+
+def engine_kwargs(options) -> dict:
+    return {"dynamic": "static" not in options, "fuse": "cudnn" if "cudnn" in options else "inductor"}
+
+
 @contextmanager
 def inductor_options(options=()):
     """Inductor config flags (e.g. conv_1x1_as_mm, max_autotune) set to True while a candidate compiles and runs."""
     import torch._inductor.config as inductor
 
+    options = [o for o in options if o not in ENGINE_OPTIONS]
     saved = {k: getattr(inductor, k) for k in options}
     try:
         for k in options:
@@ -110,12 +119,12 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
     options: inductor config flags set for this row (e.g. conv_1x1_as_mm)."""
     from yolotriton.runtime.torch_engine import TorchEngine
 
-    with inductor_options([o for o in options if o != "static"]):
+    with inductor_options(options):
         t = time.perf_counter()
         candidates = model_dir / "candidates.onnx"
         engine = TorchEngine(str(model_dir / "model.onnx"), str(candidates) if candidates.is_file() else None,
                              max_batch=batch, batches=[batch], compile=compiled, half=half,
-                             dynamic="static" not in options, log=lambda *a: None)
+                             log=print, **engine_kwargs(options))
         build_s = time.perf_counter() - t
         slot = engine.slot(batch)
         slot.input.uniform_()
@@ -128,7 +137,7 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
                     slot.run()
                 engine.torch_stream.synchronize()
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
-    return {"images_per_s": rate, "build_s": round(build_s, 1)}
+    return {"images_per_s": rate, "build_s": round(build_s, 1), "engine": engine.providers[0]}
 
 
 def ort_rate(model_dir: Path, batch: int, nhwc: bool, seconds: float = 1.5) -> dict:
@@ -173,9 +182,9 @@ def accuracy(model_dir: Path, photos: Path, options=()) -> dict:
     cands = ort.InferenceSession(str(model_dir / "candidates.onnx"), providers=["CPUExecutionProvider"])
     heads = dict(zip([o.name for o in net.get_outputs()], net.run(None, {net.get_inputs()[0].name: batch})))
     ref = dict(zip([o.name for o in cands.get_outputs()], cands.run(None, heads)))
-    with inductor_options([o for o in options if o != "static"]):
+    with inductor_options(options):
         engine = TorchEngine(str(model_dir / "model.onnx"), str(model_dir / "candidates.onnx"), max_batch=len(batch),
-                             dynamic="static" not in options, log=lambda *a: None)
+                             log=print, **engine_kwargs(options))
         got = dict(zip(engine.output_names, engine([batch])))
     report = match_detections(decoder(ref, meta, 0.25, 0.45, 100), decoder(got, meta, 0.25, 0.45, 100))
     return {"images": report.images, "matched": report.matched, "worst_iou": round(report.worst_iou, 4),

@@ -23,6 +23,9 @@ PLAT=(--platform manylinux_2_39_x86_64 --platform manylinux_2_38_x86_64 --platfo
   jinja2==3.1.6 pyyaml==6.0.3
 # without its dependencies: they are torch's, which the GPU image has
 "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: -d "$WHEELS" onnx2torch==1.5.15
+# cuDNN's fused convolutions for the torch engine (runtime/cudnn_fusion.py); no dependencies, it loads torch's cuDNN
+"${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
+  -d "$WHEELS" nvidia-cudnn-frontend==1.14.0
 ls "$WHEELS" | wc -l; du -sh "$WHEELS"
 [ "${SPLIT:-1}" = 1 ] || exit 0  # SPLIT=0: the wheels only (scripts/gpu_carry.sh packs them with the rest)
 rm -f "$DEST"/wheels.tar.part.*

@@ -115,3 +115,26 @@ def test_engine_auto_is_torch_for_a_gpu_detector_that_decodes_raw_heads():
     with pytest.raises(RepositoryError, match="expected one of ort, torch"):
         RepositorySettings(engine="tensorrt")
     assert model_configs(SPEC, dataclasses.replace(gpu, engine="torch"))[0][1].parameters["engine"] == "torch"
+
+@torch_gpu
+@pytest.mark.skipif(importlib.util.find_spec("cudnn") is None, reason="needs nvidia-cudnn-frontend (the GPU host)")
+def test_cudnn_fused_convolutions_keep_the_detections_and_fuse_some(built_repo, batch):
+    """fuse="cudnn": each conv + bias + leaky ReLU as one cuDNN graph where cuDNN has a faster plan that agrees with
+    torch's own ops. The detections still equal the FP32 ONNX's by the gate rule, and at least one shape was fused
+    (else this option would measure the unfused engine under another name)."""
+    from yolotriton.runtime import cudnn_fusion
+    from yolotriton.runtime.torch_engine import TorchEngine
+
+    folder = next(built_repo.glob("*_detector/1"))
+    cand = folder / "candidates.onnx"
+    if not cand.is_file():
+        pytest.skip("the repository under test decodes in the postprocess (no candidates.onnx)")
+    decoder = Decoder(json.loads(spec_path(built_repo).read_text()), from_candidates=True)
+    meta = decoder.network_meta(len(batch))
+    ref = dict(zip(decoder.output_names, _plain(str(folder / "model.onnx"), str(cand), batch)))
+    engine = TorchEngine(str(folder / "model.onnx"), str(cand), max_batch=len(batch), fuse="cudnn")
+    got = dict(zip(engine.output_names, engine([batch])))
+    report = match_detections(decoder(ref, meta, 0.25, 0.45, 100), decoder(got, meta, 0.25, 0.45, 100))
+    assert report.ok and report.matched >= 10, report
+    fused = [p for p in cudnn_fusion.PLANS.plans.values() if not isinstance(p, str)]
+    assert fused, engine.providers

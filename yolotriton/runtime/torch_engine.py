@@ -280,7 +280,7 @@ class TorchEngine:
 
     def __init__(self, model_path: str, candidates_path: str | None = None, *, max_batch: int, device_id: int = 0,
                  cuda_wait: str = "block", half: bool = True, compile: bool = True, graphs: bool = True,
-                 batches=None, dynamic: bool = True, log=print):
+                 batches=None, dynamic: bool = True, fuse: str = "inductor", log=print):
         self.cuda = CudaStream(device_id, cuda_wait, log)
         self.cudart, self.stream = self.cuda.cudart, self.cuda.stream  # what stage_times and the stub read
         torch.backends.cudnn.benchmark = True  # cuDNN's measured-best algorithm for each conv shape,
@@ -297,6 +297,20 @@ class TorchEngine:
         self.input_name = inp.name
         self.input_shape = [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
         network = to_torch(model_path)
+        self.fusion = None  # fuse="cudnn": convolutions with their bias and leaky ReLU as cuDNN graphs (cudnn_fusion)
+        if fuse == "cudnn":
+            from . import cudnn_fusion
+
+            version = cudnn_fusion.available()
+            if version is None:
+                log("torch engine: nvidia-cudnn-frontend is not installed; its convolutions' bias and activation run "
+                    "in inductor's kernels")
+            else:
+                fused = cudnn_fusion.fuse(network)
+                network.recompile()
+                self.fusion = (cudnn_fusion.PLANS, f"{version}, {fused} convolutions")
+        elif fuse != "inductor":
+            raise ValueError(f"fuse={fuse!r}: expected 'inductor' or 'cudnn'")
         module = _Pipeline(network.half() if half else network, to_torch(candidates_path) if candidates_path else None,
                            half).to(self.device).eval().to(memory_format=torch.channels_last)
         self.dynamic = dynamic  # one compile for every bucket (mark_dynamic in _Slot), else one per bucket
@@ -333,7 +347,8 @@ class TorchEngine:
     @property
     def providers(self) -> list[str]:
         return [f"torch {torch.__version__} (inductor, cuDNN {torch.backends.cudnn.version()}, "
-                f"{'FP16' if self.half else 'FP32'}, CUDA graphs {'on' if self.pool is not None else 'off'})"]
+                f"{'FP16' if self.half else 'FP32'}, CUDA graphs {'on' if self.pool is not None else 'off'}"
+                + (f"; {self.fusion[1]}: {self.fusion[0].summary()}" if self.fusion else "") + ")"]
 
 
 def _numpy(dtype) -> type:

@@ -117,8 +117,11 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
                seconds: float = 1.5) -> dict:
     """The torch engine alone at `batch` (network + candidates, one CUDA graph), its input already on the GPU.
     options: inductor config flags set for this row (e.g. conv_1x1_as_mm)."""
+    import torch
+
     from yolotriton.runtime.torch_engine import TorchEngine
 
+    torch._dynamo.reset()  # each candidate compiles alone: a shared cache hits dynamo's recompile limit (8)
     with inductor_options(options):
         t = time.perf_counter()
         candidates = model_dir / "candidates.onnx"
@@ -169,6 +172,7 @@ def accuracy(model_dir: Path, photos: Path, options=()) -> dict:
     """The torch engine (FP16, compiled with the candidate's inductor options) against ONNX Runtime's FP32 model on
     the CPU, both decoded by the served Decoder, by the build's FP16 gate rule (runtime/gate.py)."""
     import onnxruntime as ort
+    import torch
 
     from yolotriton.runtime.gate import match_detections
     from yolotriton.runtime.detections import Decoder
@@ -182,6 +186,7 @@ def accuracy(model_dir: Path, photos: Path, options=()) -> dict:
     cands = ort.InferenceSession(str(model_dir / "candidates.onnx"), providers=["CPUExecutionProvider"])
     heads = dict(zip([o.name for o in net.get_outputs()], net.run(None, {net.get_inputs()[0].name: batch})))
     ref = dict(zip([o.name for o in cands.get_outputs()], cands.run(None, heads)))
+    torch._dynamo.reset()
     with inductor_options(options):
         engine = TorchEngine(str(model_dir / "model.onnx"), str(model_dir / "candidates.onnx"), max_batch=len(batch),
                              log=print, **engine_kwargs(options))

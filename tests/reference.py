@@ -91,6 +91,16 @@ def infer_bytes(client, module, blobs, params=None, model="yolov4"):
     return {k: res.as_numpy(k) for k in OUTPUTS}
 
 
+def assert_same(a: dict, b: dict, context=""):
+    """Two served answers to the same photo: same count and classes; scores within 2e-3 and boxes within 0.5 px.
+    On a GPU two requests may run on different instances or batch sizes, each with its own convolution algorithms
+    (cuDNN benchmarks per instance; TF32): measured up to 2.2e-4 in score and 0.09 px in box on the H200."""
+    np.testing.assert_array_equal(a["num_detections"], b["num_detections"], err_msg=context)
+    np.testing.assert_array_equal(a["classes"], b["classes"], err_msg=context)
+    np.testing.assert_allclose(a["scores"], b["scores"], atol=2e-3, err_msg=context)
+    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=0.5, err_msg=context)
+
+
 def detections(res, i=0):
     n = int(res["num_detections"][i, 0])
     return res["boxes"][i, :n], res["scores"][i, :n], res["classes"][i, :n]
@@ -104,10 +114,7 @@ def assert_served_like(client, other, module, net, photos, size=(416, 416)):
     for i, photo in enumerate(photos):
         assert_same_detections(detections(batch, i), opencv_detect(net, cv2.imread(str(photo)), size),
                                context=photo.name)
-        one, ref = infer_bytes(client, module, [blobs[i]]), infer_bytes(other, module, [blobs[i]])
-        for k in ("num_detections", "classes"):
-            np.testing.assert_array_equal(one[k], ref[k], err_msg=photo.name)
-        np.testing.assert_allclose(one["boxes"], ref["boxes"], atol=1e-2, err_msg=photo.name)
+        assert_same(infer_bytes(client, module, [blobs[i]]), infer_bytes(other, module, [blobs[i]]), photo.name)
     return batch
 
 

@@ -62,8 +62,10 @@ def test_detect_equals_the_ensembles_raw_outputs(grpc_client, server, photos):
         n = res.as_numpy("num_detections")[0, 0]
         dets = grpc_client.detect(photo)
         assert len(dets) == n > 0 or photo.stem == "scream"
+        # two requests: on a GPU they may meet instances with their own cuDNN algorithms (reference.assert_same)
         for d, b, s, c in zip(dets, res.as_numpy("boxes")[0], res.as_numpy("scores")[0], res.as_numpy("classes")[0]):
-            assert (d.class_id, d.score, d.box) == (int(c), float(s), tuple(float(v) for v in b))
+            assert d.class_id == int(c) and abs(d.score - float(s)) <= 2e-3, (d, c, s)
+            assert max(abs(u - float(v)) for u, v in zip(d.box, b)) <= 0.5, (d.box, b)
             assert d.label == grpc_client.info.labels[c]
 
 
@@ -128,12 +130,14 @@ def test_unreachable_unknown_model_and_timeout(server, photos):
 
 
 def test_retry_recovers_when_the_server_comes_up(built_repo, tmp_path, photos):
-    """UNAVAILABLE is retried with backoff: a server that starts a moment later still answers the call."""
+    """UNAVAILABLE is retried with backoff: a server that starts a moment later still answers the call. Its port
+    opens once the models have loaded, which on a GPU includes the torch engine's compile (a minute or more):
+    10 retries wait up to 256 s."""
     srv = TritonServer(built_repo, log_path=tmp_path / "late.log")
     starter = threading.Timer(1.0, srv.start)
     starter.start()
     try:
-        dets = YoloClient(srv.grpc_url, retries=8, backoff=0.25).detect(photos[0])
+        dets = YoloClient(srv.grpc_url, retries=10, backoff=0.25).detect(photos[0])
         assert {d.label for d in dets} >= {"dog", "bicycle"}
     finally:
         starter.join()

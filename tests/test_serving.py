@@ -16,18 +16,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from reference import OUTPUTS, assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
+from reference import OUTPUTS, assert_same, assert_same_detections, detections, infer_bytes, opencv_detect, opencv_net
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def assert_same(a: dict, b: dict, context=""):
-    """Same count and classes; scores within 2e-3 and boxes within 0.5 px. Another batch may take other
-    convolution algorithms (cuDNN, TF32 on GPUs): on an H100 scores moved by up to 1.6e-4."""
-    np.testing.assert_array_equal(a["num_detections"], b["num_detections"], err_msg=context)
-    np.testing.assert_array_equal(a["classes"], b["classes"], err_msg=context)
-    np.testing.assert_allclose(a["scores"], b["scores"], atol=2e-3, err_msg=context)
-    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=0.5, err_msg=context)
 
 
 @pytest.fixture(scope="module")

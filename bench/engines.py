@@ -99,8 +99,12 @@ def engine_kwargs(options) -> dict:
 
 @contextmanager
 def inductor_options(options=()):
-    """Inductor config flags (e.g. conv_1x1_as_mm, max_autotune) set to True while a candidate compiles and runs."""
+    """Inductor config flags (e.g. conv_1x1_as_mm, max_autotune) set to True while a candidate compiles and runs.
+    Each candidate compiles alone (torch._dynamo.reset): a cache shared by several hits dynamo's recompile limit (8)."""
+    import torch._dynamo
     import torch._inductor.config as inductor
+
+    torch._dynamo.reset()
 
     options = [o for o in options if o not in ENGINE_OPTIONS]
     saved = {k: getattr(inductor, k) for k in options}
@@ -121,7 +125,6 @@ def torch_rate(model_dir: Path, batch: int, compiled: bool = True, options=(), h
 
     from yolotriton.runtime.torch_engine import TorchEngine
 
-    torch._dynamo.reset()  # each candidate compiles alone: a shared cache hits dynamo's recompile limit (8)
     with inductor_options(options):
         t = time.perf_counter()
         candidates = model_dir / "candidates.onnx"
@@ -172,7 +175,6 @@ def accuracy(model_dir: Path, photos: Path, options=()) -> dict:
     """The torch engine (FP16, compiled with the candidate's inductor options) against ONNX Runtime's FP32 model on
     the CPU, both decoded by the served Decoder, by the build's FP16 gate rule (runtime/gate.py)."""
     import onnxruntime as ort
-    import torch
 
     from yolotriton.runtime.gate import match_detections
     from yolotriton.runtime.detections import Decoder
@@ -186,7 +188,6 @@ def accuracy(model_dir: Path, photos: Path, options=()) -> dict:
     cands = ort.InferenceSession(str(model_dir / "candidates.onnx"), providers=["CPUExecutionProvider"])
     heads = dict(zip([o.name for o in net.get_outputs()], net.run(None, {net.get_inputs()[0].name: batch})))
     ref = dict(zip([o.name for o in cands.get_outputs()], cands.run(None, heads)))
-    torch._dynamo.reset()
     with inductor_options(options):
         engine = TorchEngine(str(model_dir / "model.onnx"), str(model_dir / "candidates.onnx"), max_batch=len(batch),
                              log=print, **engine_kwargs(options))

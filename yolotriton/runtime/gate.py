@@ -25,30 +25,30 @@ class GateReport:
 
 
 def match_detections(reference, other, score_threshold: float = 0.25, max_score_delta: float = 0.05,
-                     min_iou: float = 0.9) -> GateReport:
+                     min_iou: float = 0.9, names=("fp32", "fp16")) -> GateReport:
     """The gate's rule on two decoders' results (num, boxes, scores, classes) for the same images: every detection
-    scoring at least score_threshold + max_score_delta in either has a counterpart in the other."""
-    (n32, b32, s32, c32), (n16, b16, s16, c16) = reference, other
+    scoring at least score_threshold + max_score_delta in either has a counterpart in the other. `names`: what the
+    two runs are, as the problems name them."""
     problems, matched, worst_iou, worst_delta = [], 0, 1.0, 0.0
     strong = score_threshold + max_score_delta
-    for i in range(len(n32)):
-        for (na, ba, sa, ca), (nb, bb, sb, cb), label in (((n32, b32, s32, c32), (n16, b16, s16, c16), "fp32"),
-                                                        ((n16, b16, s16, c16), (n32, b32, s32, c32), "fp16")):
+    for i in range(len(reference[0])):
+        for side, ((na, ba, sa, ca), (nb, bb, sb, cb)) in enumerate(((reference, other), (other, reference))):
             for j in range(na[i, 0]):
                 if sa[i, j] < strong:
                     continue
                 cand = [k for k in range(nb[i, 0]) if cb[i, k] == ca[i, j]]
                 ious = [_iou(ba[i, j], bb[i, k]) for k in cand]
+                mine, theirs = names[side], names[1 - side]
                 if not ious or max(ious) < min_iou:
-                    problems.append(f"image {i}: {label} class {ca[i, j]} score {sa[i, j]:.3f} has no counterpart")
+                    problems.append(f"image {i}: {mine} class {ca[i, j]} score {sa[i, j]:.3f} has no counterpart")
                     continue
                 k = cand[int(np.argmax(ious))]
                 delta = abs(float(sa[i, j] - sb[i, k]))
                 worst_iou, worst_delta = min(worst_iou, max(ious)), max(worst_delta, delta)
-                matched += label == "fp32"
+                matched += side == 0
                 if delta > max_score_delta:
-                    problems.append(f"image {i}: class {ca[i, j]} score {sa[i, j]:.3f} vs {sb[i, k]:.3f} in the other")
-    return GateReport(len(n32), matched, worst_iou, worst_delta, problems)
+                    problems.append(f"image {i}: {mine} class {ca[i, j]} score {sa[i, j]:.3f}, {theirs} {sb[i, k]:.3f}")
+    return GateReport(len(reference[0]), matched, worst_iou, worst_delta, problems)
 
 
 def _iou(a, b) -> float:
@@ -101,7 +101,8 @@ def check_engine(engine, folder: str, from_candidates: bool, log=print) -> GateR
             for i in range(0, len(images), step)]
     outputs = {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(engine.output_names)}
     meta = decoder.network_meta(len(images))
-    report = match_detections(reference, decoder(outputs, meta, score, iou, reference[1].shape[1]), score)
+    report = match_detections(reference, decoder(outputs, meta, score, iou, reference[1].shape[1]), score,
+                              names=("the FP32 ONNX's", f"engine {engine.name}'s"))
     summary = (f"{report.images} photos, {report.matched} detections matched, worst IoU {report.worst_iou:.3f}, "
                f"worst score change {report.worst_score_delta:.3f}")
     if not report.ok:

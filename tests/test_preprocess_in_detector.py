@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 import build_repo
 from client import YoloClient
-from reference import assert_local_pipelines_agree, assert_served_like, infer_bytes, opencv_net
+from reference import assert_local_pipelines_agree, assert_same, assert_served_like, infer_bytes, opencv_net
 from yolotriton.build.pipeline import copy_repository, rerender
 from yolotriton.runtime.detections import FINAL_OUTPUTS
 from yolotriton.build.repository import (RepositoryError, RepositorySettings, auto_instances, model_configs,
@@ -120,9 +120,8 @@ def test_served_as_one_model_matches_opencv_and_the_ensemble(whole_repo, server,
         assert not client.is_model_ready("yolov4_preprocess")
         batch = assert_served_like(client, other, grpcclient, net, photos)
         rgb = cv2.cvtColor(cv2.imread(str(photos[0])), cv2.COLOR_BGR2RGB)
-        a, b = _infer_raw(client, rgb), _infer_raw(other, rgb)
-        np.testing.assert_array_equal(a["classes"], b["classes"])
-        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-2)
+        # two servers: on a GPU each instance has its own cuDNN algorithms (reference.assert_same's bound)
+        assert_same(_infer_raw(client, rgb), _infer_raw(other, rgb), "raw RGB")
         params = {"score_threshold": 0.05, "max_detections": 3}
         a, b = infer_bytes(client, grpcclient, blobs[:2], params=params), infer_bytes(other, grpcclient, blobs[:2],
                                                                                        params=params)

@@ -33,12 +33,12 @@ def match_detections(reference, other, score_threshold: float = 0.25, max_score_
     strong = score_threshold + max_score_delta
     for i in range(len(reference[0])):
         for side, ((na, ba, sa, ca), (nb, bb, sb, cb)) in enumerate(((reference, other), (other, reference))):
+            mine, theirs = names[side], names[1 - side]
             for j in range(na[i, 0]):
                 if sa[i, j] < strong:
                     continue
                 cand = [k for k in range(nb[i, 0]) if cb[i, k] == ca[i, j]]
                 ious = [_iou(ba[i, j], bb[i, k]) for k in cand]
-                mine, theirs = names[side], names[1 - side]
                 if not ious or max(ious) < min_iou:
                     problems.append(f"image {i}: {mine} class {ca[i, j]} score {sa[i, j]:.3f} has no counterpart")
                     continue

@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(PY) -m pytest -v -rs -m "not slow"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -v -rs -m slow
+	$(PY) -m pytest -v -rs -m slow --durations=15
 
 serve: repo
 	$(VENV)/bin/tritonserver --model-repository $(REPO)

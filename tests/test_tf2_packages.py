@@ -35,7 +35,12 @@ from reference import assert_same_detections, detections, infer_bytes
 from yolotriton.runtime import images
 from yolotriton.serve.server import TritonServer
 
-pytestmark = pytest.mark.slow
+# pytest-timeout counts a module fixture's setup into the first test that uses it. Here that setup makes the
+# packages' models in their own environment and builds five repositories (three of them full YOLOv4 608): 556 s
+# on a 2-core workplace machine (2026-12-06, `pytest -m slow tests/test_tf2_packages.py --durations=0`), and
+# CI's machine ran past the project's 900 s per test on it once (the build had finished; the first request was
+# in flight). So these tests get 1800 s each: still a bound on a hang, no longer on one-off setup work.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -4,7 +4,7 @@
 # repository, then bench/gpu.py.
 #   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|engines|engines-tiny|tune|all]
 # Environment: TINY_LEVELS / LEVELS_608 (served concurrency), TINY_BATCHES / BATCHES_608 (network batches), ALSO=engine=ort (a
-# served variant beside the default), ENGINES (bench/engines.py --engines).
+# served variant beside the default), ENGINES / ENGINES_608 (bench/engines.py --engines for tiny / YOLOv4 608).
 # STASH holds scripts/gpu_carry.sh's carry.tar.part.* (joined and unpacked on the first call), or by hand:
 # wheels.tar.part.* (joined and unpacked into STASH/wheels on the first call), tiny/repo (a
 # default --detector-device gpu build), y608/repo (its model*.onnx may travel without weights: bench/onnx_weights.py
@@ -44,8 +44,8 @@ fi
 if [ "$WHAT" = engines ] || [ "$WHAT" = engines-tiny ] || [ "$WHAT" = all ]; then  # the candidate engines side by side, network alone
   run python bench/engines.py --model-dir "$STASH/tiny/repo/yolov4_detector/1" --photos ../shared/darknet \
     --batches ${TINY_BATCHES:-32,128} ${ENGINES:+--engines $ENGINES} --out "$OUT/engines-tiny.json" 2>&1 | tee "$OUT/engines-tiny.log"
-  [ "$WHAT" = engines-tiny ] || run python bench/engines.py --model-dir "$STASH/y608/repo/yolov4_detector/1" --batches 32 \
-    --out "$OUT/engines-608.json" 2>&1 | tee "$OUT/engines-608.log"
+  [ "$WHAT" = engines-tiny ] || run python bench/engines.py --model-dir "$STASH/y608/repo/yolov4_detector/1" --batches ${BATCHES_608:-32} \
+    ${ENGINES_608:+--engines $ENGINES_608} --out "$OUT/engines-608.json" 2>&1 | tee "$OUT/engines-608.log"
 fi
 if [ "$WHAT" = tune ]; then  # make tune's search on the GPU repository (writes the best back into STASH/tiny/repo)
   run python bench/tune.py --repository "$STASH/tiny/repo" --budget-s "${BUDGET_S:-420}" 2>&1 | tee "$OUT/tune.log"

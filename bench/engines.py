@@ -208,10 +208,11 @@ def main():
     args = ap.parse_args()
     global PROFILE
     PROFILE = args.profile
-    engines = args.engines.split(",")
+    names = args.engines.split(",")  # a name listed twice is timed twice (a noise check): its columns "torch", "torch#2"
+    engines = [n if n not in names[:i] else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
     rows = []
     if args.photos:  # each compiled torch candidate by the gate rule: a faster row counts only if it passes
-        for name in [n for n in engines if n == "torch" or n.startswith("torch+")]:
+        for name in [n for n in dict.fromkeys(names) if n == "torch" or n.startswith("torch+")]:
             try:
                 acc = accuracy(args.model_dir, args.photos, options=name.split("+")[1:])
             except Exception as e:  # noqa: BLE001 -- a candidate that fails is a row that says why
@@ -220,18 +221,19 @@ def main():
             rows.append({"accuracy": acc, "engine": name})
     for b in [int(x) for x in args.batches.split(",")]:
         row = {"batch": b}
-        for name in engines:
+        for column in engines:
+            name = column.split("#")[0]
             try:
                 if name == "bound":
-                    row[name] = conv_bound(str(args.model_dir / "model.onnx"), b)
+                    row[column] = conv_bound(str(args.model_dir / "model.onnx"), b)
                 elif name.startswith("torch"):
                     kind, *options = name.split("+")
-                    row[name] = torch_rate(args.model_dir, b, compiled=kind == "torch", options=options)
+                    row[column] = torch_rate(args.model_dir, b, compiled=kind == "torch", options=options)
                 else:
-                    row[name] = ort_rate(args.model_dir, b, nhwc=name == "ort-nhwc")
+                    row[column] = ort_rate(args.model_dir, b, nhwc=name == "ort-nhwc")
             except Exception as e:  # noqa: BLE001 -- a candidate that fails is a row that says why
-                row[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-            print(b, name, json.dumps(row[name]), flush=True)
+                row[column] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print(b, column, json.dumps(row[column]), flush=True)
         bound = row.get("bound", {}).get("images_per_s")
         if bound:
             for name in engines:

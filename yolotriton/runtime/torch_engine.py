@@ -15,6 +15,7 @@ import operator
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 import onnx
@@ -281,6 +282,7 @@ class TorchEngine:
     def __init__(self, model_path: str, candidates_path: str | None = None, *, max_batch: int, device_id: int = 0,
                  cuda_wait: str = "block", half: bool = True, compile: bool = True, graphs: bool = True,
                  batches=None, dynamic: bool = True, fuse: str = "inductor", log=print):
+        started = time.perf_counter()
         self.cuda = CudaStream(device_id, cuda_wait, log)
         self.cudart, self.stream = self.cuda.cudart, self.cuda.stream  # what stage_times and the stub read
         torch.backends.cudnn.benchmark = True  # cuDNN's measured-best algorithm for each conv shape,
@@ -297,6 +299,7 @@ class TorchEngine:
         self.input_name = inp.name
         self.input_shape = [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
         network = to_torch(model_path)
+        converted = time.perf_counter()
         self.fusion = None  # fuse="cudnn": convolutions with their bias and leaky ReLU as cuDNN graphs (cudnn_fusion)
         if fuse == "cudnn":
             from . import cudnn_fusion
@@ -319,6 +322,10 @@ class TorchEngine:
         self.slots = {b: _Slot(self, b, graphs) for b in batches or buckets(max_batch)}
         self.host = [self.cuda.pinned(list(o.shape), _numpy(o.dtype))
                      for o in self.slots[max(self.slots)].outputs]  # one set, the largest bucket's, shared
+        first = self.slots[min(self.slots)].seconds
+        log(f"torch engine loaded in {time.perf_counter() - started:.1f} s: ONNX to torch {converted - started:.1f} s, "
+            f"compile, cuDNN benchmark and CUDA graphs of {len(self.slots)} buckets "
+            f"{sum(s.seconds for s in self.slots.values()):.1f} s (the first {first:.1f} s); {_cache_note()}")
 
     def slot(self, n: int) -> "_Slot":
         if not 1 <= n <= self.max_batch:
@@ -351,6 +358,20 @@ class TorchEngine:
                 + (f"; {self.fusion[1]}: {self.fusion[0].summary()}" if self.fusion else "") + ")"]
 
 
+def _cache_note() -> str:
+    """Inductor's on-disk FX graph cache in this process so far: hits, misses and where it is (a load that misses
+    compiles from scratch; TORCHINDUCTOR_CACHE_DIR moves the cache, e.g. onto a volume that outlives a pod)."""
+    from torch._dynamo.utils import counters
+
+    try:
+        from torch._inductor.runtime.runtime_utils import cache_dir
+        where = cache_dir()
+    except Exception:  # noqa: BLE001 -- a torch without it: the note says less
+        where = "?"
+    c = counters["inductor"]
+    return f"inductor FX graph cache {c['fxgraph_cache_hit']} hits, {c['fxgraph_cache_miss']} misses ({where})"
+
+
 def _numpy(dtype) -> type:
     return {torch.float32: np.float32, torch.int32: np.int32, torch.int64: np.int64}[dtype]
 
@@ -360,6 +381,7 @@ class _Slot:
 
     def __init__(self, engine: TorchEngine, b: int, graphs: bool):
         self.engine, self.b = engine, b
+        started = time.perf_counter()
         self.input = torch.zeros([b, *engine.input_shape], dtype=torch.float32, device=engine.device)
         # a dynamic batch: one compile serves the buckets up to 15, one more the rest (torch's convolution guards
         # the batch there: measured with torch 2.11, TORCH_LOGS=recompiles)
@@ -374,6 +396,7 @@ class _Slot:
                 with torch.cuda.graph(self.graph, pool=engine.pool, stream=engine.torch_stream):
                     self.outputs = engine.fn(self.input)
         engine.torch_stream.synchronize()
+        self.seconds = time.perf_counter() - started  # for the load log
 
     def run(self):
         """Run on what the caller copied into self.input, on the engine's stream; the outputs stay on the device."""

@@ -63,7 +63,8 @@ class TritonPythonModel:
             intra_op_threads=int(params.get("intra_op_threads", "1")), cuda_wait=params.get("cuda_wait", "spin"),
             cuda_graphs=params.get("cuda_graphs", "on") == "on", per_image=params.get("per_image") == "on",
             log=pb_utils.Logger.log_warn)
-        pb_utils.Logger.log_info(f"{args['model_instance_name']}: engine {self.detector.name} "
+        self.instance = args["model_instance_name"]
+        pb_utils.Logger.log_info(f"{self.instance}: engine {self.detector.name} "
                                  f"({', '.join(self.detector.providers)})")
         self.input_name = self.detector.input_name
         # YOLOTRITON_STAGE_TIMES=DIR: CUDA-event times of each stage under load (bench/gpu.py reads them)
@@ -127,3 +128,7 @@ class TritonPythonModel:
         self.times.mark("nms" if self.post is not None else "outputs")
         self.times.finish(sum(counts))
         return responses
+
+    def finalize(self):
+        # one line at unload: a server whose stop waits out Triton's exit timeout shows whether this stub got here
+        pb_utils.Logger.log_info(f"{getattr(self, 'instance', 'detector')}: unloading")

@@ -245,19 +245,26 @@ def main(argv=None) -> int:
             target_repo = args.deploy_model_repository or (args.output if args.output.startswith("s3://") else "")
             deploy = DeploySettings(model_repository=target_repo, image=args.deploy_image or "",
                                     replicas=args.replicas, max_replicas=args.max_replicas, ngc_tag=args.ngc_tag)
+        final = {}  # the settings as the build resolved them (engine, layout, counts): what the manifests describe
+
+        def sized(resolved, spec):
+            counts = instance_counts(args, resolved, spec)
+            final["repo"] = dataclasses.replace(resolved, **counts)
+            return counts
+
         result = build(BuildOptions(source=source, repo=repo, output=output, opset=args.opset, parity_images=tuple(parity),
                            plan=PlanOptions(fp16=not args.fp32, workspace_mib=args.workspace_mib),
                            plan_builder=args.plan_builder, ngc_tag=args.ngc_tag, decode=decode,
                            nms=nms, preprocess_in=args.preprocess_in, engine=args.engine,
                            fp16_fallback=args.detector_precision == "auto",
                            nms_from_model=tuple(k for k in ("nms_kind", "beta_nms") if k not in nms_given),
-                           instances=lambda resolved, spec: instance_counts(args, resolved, spec)))
+                           instances=sized))
         if deploy is not None:
             from yolotriton.serve.deploy import render_deploy
 
             if not args.deploy_model_repository and isinstance(result, str):
                 deploy = dataclasses.replace(deploy, model_repository=result)
-            written = render_deploy(args.deploy_dir, deploy, repo)
+            written = render_deploy(args.deploy_dir, deploy, final.get("repo", repo))
             print(f"[deploy] {len(written)} files in {args.deploy_dir} (validated), replicas read "
                   f"{deploy.model_repository}", flush=True)
         if isinstance(result, str):  # published: the last line is what serves it

@@ -183,9 +183,13 @@ def test_gpu_build_defaults_and_fp16_fallback(tmp_path, capsys, photos):
                               bias_initializer=keras.initializers.Constant(1.0))(big)
     model_path = tmp_path / "fragile.keras"
     keras.Model(inp, out).save(model_path)
-    assert build_repo.main(["--detector-device", "gpu", "--output", str(tmp_path / "default")]) == 0
+    assert build_repo.main(["--detector-device", "gpu", "--output", str(tmp_path / "default"), "--deploy-dir",
+                            str(tmp_path / "deploy"), "--deploy-model-repository", "s3://10.0.0.7:9000/models/y"]) == 0
     assert (read_settings(tmp_path / "default").detector_precision, read_settings(tmp_path / "default").max_batch_size) \
         == ("fp16", 32)
+    # the manifests describe the repository as built: its engine (torch, resolved from auto) is in the image
+    assert read_settings(tmp_path / "default").engine == "torch"
+    assert '"torch==2.11.0"' in (tmp_path / "deploy" / "Dockerfile").read_text()
     capsys.readouterr()
     common = ["--keras", str(model_path), "--anchors", "10,14,23,27,37,58", "--accept-layout",
               "--detector-device", "gpu", "--host-cores", "16", "--host-gpus", "1",

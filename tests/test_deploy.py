@@ -58,10 +58,31 @@ def test_manifests_render_and_validate(tmp_path):
     # the fields used exist in KServe's v1beta1 CRD (checked against its published schema: docs/deploy.md)
     assert set(model) <= {"modelFormat", "storageUri", "image", "args", "resources"}
     assert "onnxruntime-gpu" in (out / "Dockerfile").read_text() and "COPY client" in (out / "Dockerfile").read_text()
+    assert "torch" not in (out / "Dockerfile").read_text()  # this GPU build's engine is ONNX Runtime
+    assert "TORCHINDUCTOR_CACHE_DIR" not in (out / "deployment.yaml").read_text()
     cpu = tmp_path / "cpu"
     render_deploy(cpu, DeploySettings(model_repository=REPO), RepositorySettings())
     c = load(cpu, "deployment.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in c["resources"]["limits"] and validate_manifests(cpu) == 5
+    assert "torch" not in (cpu / "Dockerfile").read_text()
+
+
+def test_torch_engine_build_gets_its_packages_and_a_compile_cache_that_outlives_a_restart(tmp_path):
+    """The GPU build's default engine needs torch, torchvision (onnx2torch imports it), onnx and onnx2torch in the
+    serving image, or every pod serves on ONNX Runtime; its compiled kernels go to a volume of the pod."""
+    out = tmp_path / "deploy"
+    render_deploy(out, DeploySettings(model_repository=REPO),
+                  RepositorySettings(detector_device="gpu", preprocess_device="gpu", engine="torch"))
+    assert validate_manifests(out) == 5
+    docker = (out / "Dockerfile").read_text()
+    assert ('--index-url https://download.pytorch.org/whl/cu126 "torch==2.11.0" "torchvision==0.26.0"' in docker
+            and '"onnx==1.23.2"' in docker and '--no-deps "onnx2torch==1.5.15"' in docker)
+    pod = load(out, "deployment.yaml")[0]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    cache = {e["name"]: e["value"] for e in c["env"]}["TORCHINDUCTOR_CACHE_DIR"]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == cache]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"] == {}  # on the node's disk, kept across the container's restarts
 
 
 def test_invalid_manifest_is_caught(tmp_path):

@@ -63,6 +63,7 @@ def render_deploy(directory: Path, d: DeploySettings, repo) -> list[Path]:
     gpu = repo.detector_on_gpu
     ctx = {**asdict(d), "name": name, "ensemble": repo.name, "image": d.image or f"yolotriton-{name}:{d.ngc_tag}",
            "secret": d.secret or f"{name}-s3", "gpus": d.gpus if gpu else 0, "gpu": gpu,
+           "torch": gpu and repo.engine == "torch",  # the torch engine's packages and its compile cache
            "min_replicas": d.replicas, "storage_uri": storage_uri(d.model_repository),
            "probe_requests": max(2, repo.detector_instances * 2),  # reach every detector instance
            # Triton's CUDA pool on each of the pod's GPUs (the wrapper does the same outside Kubernetes)

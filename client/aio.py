@@ -7,7 +7,7 @@ from typing import AsyncIterator, Iterable, Sequence
 import numpy as np
 
 from .api import DEFAULT_URLS
-from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, grpc_target, load_image, preprocess_model_name,
+from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, entry_model, grpc_target, load_image, preprocess_model_name,
                    request_parameters, to_detections)
 from .errors import ModelNotReady, classify
 
@@ -69,7 +69,8 @@ class AsyncYoloClient:
                 ready = await self._client.is_model_ready(raw)
             except Exception:
                 ready = False
-            self._info = ModelInfo.from_configs(self.model, ensemble, pre, raw if ready else None)
+            raw_entry = entry_model(raw, await self._config(raw), "RAW_IMAGE") if ready else None
+            self._info = ModelInfo.from_configs(self.model, ensemble, pre, raw_entry)
         return self._info
 
     async def _infer(self, model, name, dtype, data, params) -> dict[str, np.ndarray]:
@@ -87,7 +88,7 @@ class AsyncYoloClient:
                                     max_detections=max_detections)
         x = load_image(image)
         if isinstance(x, bytes):
-            out = await self._infer(self.model, "IMAGE", "BYTES", np.array([[x]], dtype=object), params)
+            out = await self._infer(info.entry, "IMAGE", "BYTES", np.array([[x]], dtype=object), params)
         else:
             if info.raw_entry is None:
                 raise ModelNotReady(f"the server has no {self.model}_raw entry point for decoded arrays")

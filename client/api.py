@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, batches, grpc_target, load_image,
+from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, batches, entry_model, grpc_target, load_image,
                    preprocess_model_name, request_parameters, to_detections)
 from .errors import ModelNotReady, classify
 
@@ -105,7 +105,8 @@ class YoloClient:
                 ready = self._call(self._client.is_model_ready, raw)
             except Exception:
                 ready = False
-            self._info = ModelInfo.from_configs(self.model, ensemble, pre, raw if ready else None)
+            raw_entry = entry_model(raw, self._config(raw), "RAW_IMAGE") if ready else None
+            self._info = ModelInfo.from_configs(self.model, ensemble, pre, raw_entry)
         return self._info
 
     # ------------------------------------------------------------------ inference
@@ -158,7 +159,7 @@ class YoloClient:
     def infer_encoded(self, encoded: Sequence[bytes], **thresholds) -> dict[str, np.ndarray]:
         """The ensemble's raw outputs for encoded images sent in one request."""
         data = np.array([[b] for b in encoded], dtype=object)
-        return self._infer(self.model, "IMAGE", "BYTES", data, request_parameters(**thresholds))
+        return self._infer(self.info.entry, "IMAGE", "BYTES", data, request_parameters(**thresholds))
 
     def infer_array(self, rgb: np.ndarray, **thresholds) -> dict[str, np.ndarray]:
         if self.info.raw_entry is None:

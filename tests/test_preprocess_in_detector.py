@@ -126,10 +126,18 @@ def test_served_as_one_model_matches_opencv_and_the_ensemble(whole_repo, server,
         a, b = infer_bytes(client, grpcclient, blobs[:2], params=params), infer_bytes(other, grpcclient, blobs[:2],
                                                                                        params=params)
         np.testing.assert_array_equal(a["num_detections"], b["num_detections"])
-        # the project's client reads the input size and limits from the one model's config
+        # the project's client reads the input size and limits from the one model's config, and calls that model
+        # directly: the one-step ensembles' scheduling is skipped (docs/gpu-host.md: 11-12 % at concurrency 256)
+        count = lambda m: int(client.get_inference_statistics(m, as_json=True)["model_stats"][0]["inference_count"])
+        before = {m: count(m) for m in ("yolov4", "yolov4_raw", "yolov4_detector")}
         with YoloClient(s.grpc_url) as yc:
-            assert (yc.info.input_width, yc.info.max_pixels, yc.info.raw_entry) == (416, 50_000_000, "yolov4_raw")
+            assert (yc.info.input_width, yc.info.max_pixels) == (416, 50_000_000)
+            assert (yc.info.entry, yc.info.raw_entry) == ("yolov4_detector", "yolov4_detector")
             assert len(yc.detect(photos[0])) == int(batch["num_detections"][0, 0])
+            assert len(yc.detect(rgb)) == int(_infer_raw(client, rgb)["num_detections"][0, 0])
+        after = {m: count(m) for m in before}
+        assert (after["yolov4"] - before["yolov4"], after["yolov4_raw"] - before["yolov4_raw"]) == (0, 1)  # _infer_raw
+        assert after["yolov4_detector"] - before["yolov4_detector"] == 3
 
 
 def test_a_bad_image_fails_only_its_own_request(whole_repo, photos):

@@ -7,7 +7,7 @@ from typing import AsyncIterator, Iterable, Sequence
 import numpy as np
 
 from .api import DEFAULT_URLS
-from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, entry_model, grpc_target, load_image, preprocess_model_name,
+from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, grpc_target, load_image, preprocess_model_name,
                    request_parameters, to_detections)
 from .errors import ModelNotReady, classify
 
@@ -69,8 +69,7 @@ class AsyncYoloClient:
                 ready = await self._client.is_model_ready(raw)
             except Exception:
                 ready = False
-            raw_entry = entry_model(raw, await self._config(raw), "RAW_IMAGE") if ready else None
-            self._info = ModelInfo.from_configs(self.model, ensemble, pre, raw_entry)
+            self._info = ModelInfo.from_configs(self.model, ensemble, pre, await self._config(raw) if ready else None)
         return self._info
 
     async def _infer(self, model, name, dtype, data, params) -> dict[str, np.ndarray]:

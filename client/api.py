@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, batches, entry_model, grpc_target, load_image,
+from .core import (OUTPUTS, Detection, ImageLike, ModelInfo, batches, grpc_target, load_image,
                    preprocess_model_name, request_parameters, to_detections)
 from .errors import ModelNotReady, classify
 
@@ -105,8 +105,7 @@ class YoloClient:
                 ready = self._call(self._client.is_model_ready, raw)
             except Exception:
                 ready = False
-            raw_entry = entry_model(raw, self._config(raw), "RAW_IMAGE") if ready else None
-            self._info = ModelInfo.from_configs(self.model, ensemble, pre, raw_entry)
+            self._info = ModelInfo.from_configs(self.model, ensemble, pre, self._config(raw) if ready else None)
         return self._info
 
     # ------------------------------------------------------------------ inference

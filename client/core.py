@@ -44,11 +44,13 @@ class ModelInfo:
     entry: str = ""  # the model taking IMAGE bytes: `name`, or the one model behind it (entry_model)
 
     @classmethod
-    def from_configs(cls, name: str, ensemble: dict, preprocess: dict, raw_entry: str | None) -> "ModelInfo":
+    def from_configs(cls, name: str, ensemble: dict, preprocess: dict, raw: dict | None) -> "ModelInfo":
+        """`raw`: the config of the `NAME_raw` ensemble where the server has it ready, else None."""
         params = lambda cfg: {k: v["string_value"] for k, v in (cfg.get("parameters") or {}).items()}
         ep, pp = params(ensemble), params(preprocess)
         boxes = next(o for o in ensemble["output"] if o["name"] == "boxes")
-        return cls(name=name, entry=entry_model(name, ensemble, "IMAGE"), raw_entry=raw_entry,
+        return cls(name=name, entry=entry_model(name, ensemble, "IMAGE"),
+                   raw_entry=entry_model(f"{name}_raw", raw, "RAW_IMAGE") if raw is not None else None,
                    labels=tuple(json.loads(ep.get("labels", "[]"))),
                    input_width=int(pp["input_width"]), input_height=int(pp["input_height"]),
                    max_batch_size=int(ensemble.get("max_batch_size", 0) or 1), max_detections=int(boxes["dims"][0]),

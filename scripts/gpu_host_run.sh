@@ -5,6 +5,8 @@
 #   scripts/gpu_host_run.sh STASH OUT [tests|bench-tiny|bench-608|engines|engines-tiny|tune|all]
 # Environment: TINY_LEVELS / LEVELS_608 (served concurrency), TINY_BATCHES / BATCHES_608 (network batches), ALSO=engine=ort (a
 # served variant beside the default), ENGINES / ENGINES_608 (bench/engines.py --engines for tiny / YOLOv4 608).
+# GPU_TESTS / E2E_TESTS: the test files of `tests` (default: all below; with 12 torch instances each server start and
+# stop costs ~80 s, so the whole list does not fit one 600 s call: run it in parts, e.g. GPU_TESTS= E2E_TESTS=tests/test_client.py).
 # STASH holds scripts/gpu_carry.sh's carry.tar.part.* (joined and unpacked on the first call), or by hand:
 # wheels.tar.part.* (joined and unpacked into STASH/wheels on the first call), tiny/repo (a
 # default --detector-device gpu build), y608/repo (its model*.onnx may travel without weights: bench/onnx_weights.py
@@ -25,11 +27,12 @@ export PYTHONUNBUFFERED=1
 run() { scripts/gpu_host.sh "$STASH/wheels" -- "$@"; }
 [ -d "$STASH/y608/repo" ] && run python bench/onnx_weights.py fill "$STASH/y608/repo/yolov4_detector/1"
 if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
-  YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider tests/test_gpu_preprocess.py tests/test_ort_engine.py tests/test_torch_engine.py 2>&1 | tee "$OUT/tests-gpu.log"
-  YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider \
-    tests/test_serving.py tests/test_client.py tests/test_reliability.py tests/test_decode_in_detector.py tests/test_nms_in_detector.py \
-    tests/test_preprocess_in_detector.py tests/test_gpu_load.py \
-    -k "not numpy_2 and not without_the_venv and not interrupted_build" 2>&1 | tee "$OUT/tests-e2e.log"
+  GPU_TESTS=${GPU_TESTS-tests/test_gpu_preprocess.py tests/test_ort_engine.py tests/test_torch_engine.py}
+  E2E_TESTS=${E2E_TESTS-tests/test_serving.py tests/test_client.py tests/test_reliability.py tests/test_decode_in_detector.py \
+    tests/test_nms_in_detector.py tests/test_preprocess_in_detector.py tests/test_gpu_load.py}
+  [ -z "$GPU_TESTS" ] || YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider $GPU_TESTS 2>&1 | tee "$OUT/tests-gpu.log"
+  [ -z "$E2E_TESTS" ] || YOLOTRITON_TEST_REPO="$STASH/tiny/repo" run python -m pytest -q -rs -p no:cacheprovider --durations=10 \
+    $E2E_TESTS -k "not numpy_2 and not without_the_venv and not interrupted_build" 2>&1 | tee "$OUT/tests-e2e.log"
 fi
 if [ "$WHAT" = bench-tiny ] || [ "$WHAT" = all ]; then
   run python bench/gpu.py --repo "$STASH/tiny/repo" --photos ../shared/darknet --out "$OUT/tiny" \
